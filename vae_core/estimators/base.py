@@ -1,0 +1,149 @@
+"""The estimator interface and its registry.
+
+An estimator is an `nn.Module` wrapping a model. Its `forward(x, noise)` returns a *surrogate*:
+a scalar whose autograd gradient is the estimator's estimate of ∇ of the minibatch-mean ELBO
+
+    L = (1/M) Σ_m E_{q_φ(z|x_m)}[log p_θ(x_m|z)] − KL(q_φ(z|x_m) ‖ p(z)),
+
+together with the detached per-example ELBO estimate. Training *ascends* the surrogate. All the
+randomness is in `noise` (drawn by `sample_noise`), so `forward` is a pure function of
+(parameters, buffers, x, noise): the harness can vmap it over independent noise draws.
+
+Estimators differ only in the encoder gradient ∇_φ; the decoder gradient ∇_θ is always the exact
+gradient of the sampled objective. State that changes during training (running baselines) lives in
+buffers and changes only in `update_state`, never in `forward`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from vae_core.objectives import diag_gaussian_log_density
+from vae_core.models import GaussianLatentModel
+
+KL_MODES = ("analytic", "mc")
+LATENT_TYPES = ("gaussian",)
+
+
+class EstimatorError(ValueError):
+    """An estimator name or option combination that is not supported."""
+
+
+@dataclass(frozen=True)
+class EstimatorOutput:
+    """surrogate: scalar to ascend; elbo: (M,) detached ELBO estimate per example;
+    learning_signal: (K, M) detached f(z_k) (the Monte Carlo integrand per sample);
+    stats: estimator-specific detached tensors read by `update_state`."""
+
+    surrogate: torch.Tensor
+    elbo: torch.Tensor
+    learning_signal: torch.Tensor
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Estimator(nn.Module):
+    """Base class. Subclasses set the class attributes below and implement `forward`."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]  # one line: the gradient it computes, and the reference
+    latent: ClassVar[str] = "gaussian"
+    kl_modes: ClassVar[tuple[str, ...]] = KL_MODES
+    min_particles: ClassVar[int] = 1
+    unsupported_reason: ClassVar[dict[str, str]] = {}  # KL mode → why it is refused
+
+    def __init__(self, model: GaussianLatentModel, kl: str = "analytic", n_particles: int = 1):
+        super().__init__()
+        check_options(type(self), kl, n_particles)
+        self.model = model
+        self.kl = kl
+        self.n_particles = n_particles
+
+    def sample_noise(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """ε ~ N(0, I) of shape (K, M, latent_dim) on the model's device."""
+        reference = next(self.model.parameters())
+        shape = (self.n_particles, batch_size, self.model.latent_dim)
+        return torch.randn(shape, generator=generator, device=reference.device, dtype=reference.dtype)
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor) -> EstimatorOutput:
+        raise NotImplementedError
+
+    def update_state(self, output: EstimatorOutput) -> None:
+        """Advance running state (baselines) after an optimiser step. Default: no state."""
+
+    # Shared pieces -----------------------------------------------------------------------------
+
+    def sample_terms(
+        self, x: torch.Tensor, noise: torch.Tensor, stop_path: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """z = μ + σ ε (detached when `stop_path`, for score-function estimators).
+
+        Returns (f, kl_analytic, log_q): f is the learning signal per
+        sample, shape (K, M): log p(x|z) with kl='analytic', log p(x|z) + log p(z) − log q(z|x)
+        with kl='mc'. kl_analytic is KL(q‖p) per example (zeros with kl='mc'); log_q is
+        log q(z|x) with gradients to φ through the density (not through z when `stop_path`).
+        """
+        mean, log_var = self.model.encode(x)
+        z = mean + torch.exp(0.5 * log_var) * noise
+        if stop_path:
+            z = z.detach()
+        log_q = diag_gaussian_log_density(z, mean, log_var)
+        f = self.model.log_likelihood(x, z)
+        if self.kl == "mc":
+            f = f + self.model.log_prior(z) - log_q
+            kl_analytic = torch.zeros_like(mean[..., 0])
+        else:
+            kl_analytic = self.model.kl_to_prior(mean, log_var)
+        return f, kl_analytic, log_q
+
+    def elbo_per_example(self, f: torch.Tensor, kl_analytic: torch.Tensor) -> torch.Tensor:
+        """Detached ELBO estimate per example: mean_k f_k − KL (KL zero in mc mode)."""
+        return (f.mean(0) - kl_analytic).detach()
+
+
+def check_options(cls: type[Estimator], kl: str, n_particles: int) -> None:
+    """Raise EstimatorError naming what is wrong and what is valid."""
+    if kl not in KL_MODES:
+        raise EstimatorError(f"unknown KL mode {kl!r}; valid: {', '.join(KL_MODES)}")
+    if kl not in cls.kl_modes:
+        reason = cls.unsupported_reason.get(kl, "")
+        raise EstimatorError(
+            f"estimator {cls.name!r} does not support kl={kl!r}"
+            f" (supported: {', '.join(cls.kl_modes)}){': ' + reason if reason else ''}"
+        )
+    if not isinstance(n_particles, int) or n_particles < cls.min_particles:
+        raise EstimatorError(
+            f"estimator {cls.name!r} needs n_particles (K) >= {cls.min_particles},"
+            f" got {n_particles!r}"
+        )
+
+
+REGISTRY: dict[str, type[Estimator]] = {}
+
+
+def register(name: str) -> Callable[[type[Estimator]], type[Estimator]]:
+    """Class decorator: `@register("score_loo")` adds the estimator to the registry."""
+
+    def add(cls: type[Estimator]) -> type[Estimator]:
+        if name in REGISTRY:
+            raise ValueError(f"estimator {name!r} registered twice")
+        cls.name = name
+        REGISTRY[name] = cls
+        return cls
+
+    return add
+
+
+def make_estimator(
+    name: str, model: GaussianLatentModel, kl: str = "analytic", n_particles: int = 1
+) -> Estimator:
+    """Build a registered estimator; unknown names and unsupported options get a clear error."""
+    if name not in REGISTRY:
+        raise EstimatorError(f"unknown estimator {name!r}; valid: {', '.join(REGISTRY)}")
+    return REGISTRY[name](model, kl=kl, n_particles=n_particles)

@@ -1,0 +1,113 @@
+"""Gradient variance: R independent gradient estimates on one fixed minibatch.
+
+Parameters, buffers and the minibatch stay fixed; only the latent noise is redrawn, so the spread
+of the draws is the estimator's own Monte Carlo variance. Statistics per parameter group
+G ∈ {encoder, decoder} (names as in results/runs.csv):
+
+    grad_var_G    = Σ_j Var_r[ĝ_j]              trace of the covariance (unbiased, R − 1)
+    grad_sqnorm_G = ‖mean_r ĝ‖²
+    snr_G         = mean_j |mean_r ĝ_j| / std_r ĝ_j   (Rainforth et al. 2018), over j with std > 0
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import functional_call, grad, vmap
+
+from vae_core.estimators import Estimator
+from vae_core.models import PARAMETER_GROUPS
+
+METHODS = ("vmap", "loop")
+
+
+def model_parameters(estimator: Estimator) -> dict[str, torch.Tensor]:
+    """The model's parameters by their name inside the estimator (baseline networks excluded)."""
+    return {f"model.{name}": p for name, p in estimator.model.named_parameters()}
+
+
+def group_of(estimator: Estimator, name: str) -> str:
+    return estimator.model.parameter_group(name.removeprefix("model."))
+
+
+def gradient_draws(
+    estimator: Estimator,
+    x: torch.Tensor,
+    n_draws: int,
+    generator: torch.Generator | None = None,
+    method: str = "vmap",
+    chunk_size: int | None = 25,
+) -> dict[str, torch.Tensor]:
+    """R = n_draws gradient estimates of the minibatch-mean ELBO, flattened per parameter group.
+
+    Returns {group: tensor of shape (R, P_group)}. `method='vmap'` computes the draws batched with
+    torch.func (chunk_size draws at a time); `method='loop'` runs R separate backward passes.
+    Both consume the same noise from `generator` and agree to floating-point rounding.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    if n_draws < 2:
+        raise ValueError(f"n_draws must be >= 2 to estimate a variance, got {n_draws}")
+    noise = torch.stack([estimator.sample_noise(x.shape[0], generator) for _ in range(n_draws)])
+    params = {name: p.detach() for name, p in model_parameters(estimator).items()}
+    if method == "vmap":
+        per_param = _draws_vmap(estimator, x, noise, params, chunk_size)
+    else:
+        per_param = _draws_loop(estimator, x, noise, params)
+    groups: dict[str, list[torch.Tensor]] = {group: [] for group in PARAMETER_GROUPS}
+    for name, draws in per_param.items():
+        groups[group_of(estimator, name)].append(draws.reshape(n_draws, -1))
+    return {group: torch.cat(parts, dim=1) for group, parts in groups.items() if parts}
+
+
+def _draws_vmap(
+    estimator: Estimator,
+    x: torch.Tensor,
+    noise: torch.Tensor,
+    params: dict[str, torch.Tensor],
+    chunk_size: int | None,
+) -> dict[str, torch.Tensor]:
+    def surrogate(model_params: dict[str, torch.Tensor], eps: torch.Tensor) -> torch.Tensor:
+        return functional_call(estimator, model_params, (x, eps), strict=False).surrogate
+
+    return vmap(grad(surrogate), in_dims=(None, 0), chunk_size=chunk_size)(params, noise)
+
+
+def _draws_loop(
+    estimator: Estimator, x: torch.Tensor, noise: torch.Tensor, params: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    names = list(params)
+    tensors = [p for name, p in model_parameters(estimator).items()]
+    draws: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    for eps in noise:
+        grads = torch.autograd.grad(estimator(x, eps).surrogate, tensors, allow_unused=True)
+        for name, tensor, g in zip(names, tensors, grads, strict=True):
+            draws[name].append(torch.zeros_like(tensor) if g is None else g.detach())
+    return {name: torch.stack(gs) for name, gs in draws.items()}
+
+
+def variance_statistics(draws: torch.Tensor) -> dict[str, float]:
+    """grad_var, grad_sqnorm and snr (see module docstring) of draws shaped (R, P)."""
+    mean = draws.mean(0)
+    std = draws.std(0, unbiased=True)
+    informative = std > 0
+    snr = (mean.abs()[informative] / std[informative]).mean() if informative.any() else None
+    return {
+        "grad_var": draws.var(0, unbiased=True).sum().item(),
+        "grad_sqnorm": mean.pow(2).sum().item(),
+        "snr": float("nan") if snr is None else snr.item(),
+    }
+
+
+def gradient_statistics(
+    estimator: Estimator,
+    x: torch.Tensor,
+    n_draws: int = 100,
+    generator: torch.Generator | None = None,
+    method: str = "vmap",
+) -> dict[str, float]:
+    """{'grad_var_encoder': …, 'snr_decoder': …}: variance_statistics for each parameter group."""
+    stats = {}
+    for group, draws in gradient_draws(estimator, x, n_draws, generator, method).items():
+        for metric, value in variance_statistics(draws).items():
+            stats[f"{metric}_{group}"] = value
+    return stats
