@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-def diag_gaussian_log_density(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+def diag_gaussian_log_density(
+    z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor
+) -> torch.Tensor:
     """log N(z; mean, diag(exp(log_var))) = −½ Σ_d [log 2π + log σ²_d + (z_d − μ_d)² / σ²_d]."""
     return -0.5 * (LOG_2PI + log_var + (z - mean).pow(2) * torch.exp(-log_var)).sum(-1)
 
@@ -32,9 +34,9 @@ def bernoulli_log_likelihood(x: torch.Tensor, logits: torch.Tensor) -> torch.Ten
 
     `logits` may carry leading sample dimensions; `x` broadcasts against them.
     """
-    return -F.binary_cross_entropy_with_logits(
-        logits, x.expand_as(logits), reduction="none"
-    ).sum(-1)
+    return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(
+        -1
+    )
 
 
 def analytic_kl_standard_normal(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:

@@ -23,8 +23,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from vae_core.objectives import diag_gaussian_log_density
 from vae_core.models import GaussianLatentModel
+from vae_core.objectives import diag_gaussian_log_density
 
 KL_MODES = ("analytic", "mc")
 LATENT_TYPES = ("gaussian",)
@@ -69,7 +69,9 @@ class Estimator(nn.Module):
         """ε ~ N(0, I) of shape (K, M, latent_dim) on the model's device."""
         reference = next(self.model.parameters())
         shape = (self.n_particles, batch_size, self.model.latent_dim)
-        return torch.randn(shape, generator=generator, device=reference.device, dtype=reference.dtype)
+        return torch.randn(
+            shape, generator=generator, device=reference.device, dtype=reference.dtype
+        )
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor) -> EstimatorOutput:
         raise NotImplementedError
@@ -80,9 +82,16 @@ class Estimator(nn.Module):
     # Shared pieces -----------------------------------------------------------------------------
 
     def sample_terms(
-        self, x: torch.Tensor, noise: torch.Tensor, stop_path: bool
+        self,
+        x: torch.Tensor,
+        noise: torch.Tensor,
+        stop_path: bool,
+        encoder_grad_scale: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """z = μ + σ ε (detached when `stop_path`, for score-function estimators).
+
+        `encoder_grad_scale` multiplies every gradient that reaches φ through (μ, log σ²),
+        leaving the forward values unchanged.
 
         Returns (f, kl_analytic, log_q): f is the learning signal per
         sample, shape (K, M): log p(x|z) with kl='analytic', log p(x|z) + log p(z) − log q(z|x)
@@ -90,6 +99,8 @@ class Estimator(nn.Module):
         log q(z|x) with gradients to φ through the density (not through z when `stop_path`).
         """
         mean, log_var = self.model.encode(x)
+        if encoder_grad_scale is not None:
+            mean, log_var = (scale_gradient(t, encoder_grad_scale) for t in (mean, log_var))
         z = mean + torch.exp(0.5 * log_var) * noise
         if stop_path:
             z = z.detach()
@@ -105,6 +116,11 @@ class Estimator(nn.Module):
     def elbo_per_example(self, f: torch.Tensor, kl_analytic: torch.Tensor) -> torch.Tensor:
         """Detached ELBO estimate per example: mean_k f_k − KL (KL zero in mc mode)."""
         return (f.mean(0) - kl_analytic).detach()
+
+
+def scale_gradient(tensor: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Identity in the forward pass; multiplies the gradient by `scale` in the backward pass."""
+    return tensor.detach() + (tensor - tensor.detach()) * scale
 
 
 def check_options(cls: type[Estimator], kl: str, n_particles: int) -> None:

@@ -27,7 +27,9 @@ class StickingTheLanding(Estimator):
     drops the zero-mean score term −∇_φ log q_φ(z|x)|_z, so the encoder gradient vanishes
     whenever q is the exact posterior (Roeder, Wu & Duvenaud 2017)."""
 
-    summary = "pathwise, score term of log q stopped; zero variance at exact posterior (Roeder 2017)"
+    summary = (
+        "pathwise, score term of log q stopped; zero variance at exact posterior (Roeder 2017)"
+    )
     kl_modes = ("mc",)
     unsupported_reason = {
         "analytic": "STL removes the score term of the Monte Carlo log q(z|x); "

@@ -65,11 +65,12 @@ class ScoreMovingAverage(Estimator):
 
 @register("score_nvil")
 class ScoreNVIL(Estimator):
-    """NVIL (Mnih & Gregor 2014): ∇_φ ≈ (f(z) − b_ψ(x) − c) / max(1, √v) · ∇_φ log q_φ(z|x).
+    """NVIL (Mnih & Gregor 2014): ∇_φ ≈ (f(z) − b_ψ(x) − c) ∇_φ log q_φ(z|x), the whole encoder
+    gradient (direct and KL terms included) divided by max(1, √v).
 
     b_ψ is a 100-unit tanh MLP of x trained on its own objective E[(f − c − b_ψ(x))²]; c and v are
-    running mean and variance (decay 0.8) of f − b_ψ(x). Unbiased for ∇_φ L up to the positive
-    factor 1/max(1, √v), which is fixed within a step.
+    running mean and variance (decay 0.8) of f − b_ψ(x). The expected encoder gradient is
+    ∇_φ L / max(1, √v): unbiased in direction, with a step-size factor fixed within a step.
     """
 
     summary = "score function, input-dependent learned baseline + variance normalisation (NVIL)"
@@ -78,7 +79,8 @@ class ScoreNVIL(Estimator):
 
     def __init__(self, model: GaussianLatentModel, kl: str = "analytic", n_particles: int = 1):
         super().__init__(model, kl, n_particles)
-        self.baseline_net = mlp([model.input_dim, self.baseline_hidden, 1], "tanh")
+        reference = next(model.parameters())
+        self.baseline_net = mlp([model.input_dim, self.baseline_hidden, 1], "tanh").to(reference)
         self.register_buffer("signal_mean", torch.zeros(()))
         self.register_buffer("signal_var", torch.ones(()))
         self.register_buffer("n_updates", torch.zeros((), dtype=torch.long))
@@ -88,10 +90,12 @@ class ScoreNVIL(Estimator):
         return self.signal_var.sqrt().clamp(min=1.0)
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor) -> EstimatorOutput:
-        f, kl_analytic, log_q = self.sample_terms(x, noise, stop_path=True)
+        f, kl_analytic, log_q = self.sample_terms(
+            x, noise, stop_path=True, encoder_grad_scale=1.0 / self.signal_scale()
+        )
         baseline = self.baseline_net(x).squeeze(-1)  # (M,), trained only by the regression term
         residual = f.detach() - baseline.detach()
-        signal = (residual - self.signal_mean) / self.signal_scale()
+        signal = residual - self.signal_mean
         regression = (f.detach() - self.signal_mean - baseline).pow(2).mean()
         surrogate = score_function_surrogate(f, log_q, kl_analytic, signal) - regression
         return EstimatorOutput(

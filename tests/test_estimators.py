@@ -1,0 +1,253 @@
+"""Every estimator is unbiased for ∇ of the minibatch-mean ELBO, checked by a z-test against
+exact references: closed forms (linear-Gaussian model) and Gauss–Hermite quadrature (a small
+Bernoulli VAE with 2 latents). Tolerances come from the standard error of the mean of R draws."""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+import pytest
+import torch
+
+from vae_core.estimators import REGISTRY, EstimatorError, make_estimator
+from vae_core.estimators.score import ScoreLeaveOneOut, score_function_surrogate
+from vae_core.gradients import gradient_draws, gradient_statistics
+from vae_core.models import BernoulliVAE, LinearGaussianModel, ModelConfig
+
+N_DRAWS = 20_000
+FAMILY_ERROR = 1e-3  # family-wise false-alarm rate of the Bonferroni z-test
+
+
+def all_configurations() -> list[tuple[str, str, int]]:
+    return [
+        (name, kl, max(cls.min_particles, 1))
+        for name, cls in REGISTRY.items()
+        for kl in cls.kl_modes
+    ]
+
+
+def small_vae() -> BernoulliVAE:
+    torch.manual_seed(0)
+    model = BernoulliVAE(ModelConfig(input_dim=6, hidden=(5,), latent_dim=2)).double()
+    with torch.no_grad():  # a q(z|x) away from the prior, so KL gradients are not trivial
+        model.encoder[-1].bias.copy_(torch.tensor([0.4, -0.3, -0.5, 0.2], dtype=torch.float64))
+    return model
+
+
+def small_batch() -> torch.Tensor:
+    generator = torch.Generator().manual_seed(1)
+    return torch.bernoulli(torch.full((3, 6), 0.4, dtype=torch.float64), generator=generator)
+
+
+def quadrature_elbo(model: BernoulliVAE, x: torch.Tensor, n_nodes: int = 40) -> torch.Tensor:
+    """Minibatch-mean ELBO with E_q[log p(x|z)] by tensor-product Gauss–Hermite quadrature."""
+    nodes, weights = np.polynomial.hermite_e.hermegauss(n_nodes)
+    weights = weights / math.sqrt(2 * math.pi)
+    grid = torch.tensor(np.stack(np.meshgrid(nodes, nodes), -1).reshape(-1, 1, 2))
+    grid_weights = torch.tensor(np.outer(weights, weights).reshape(-1, 1))
+    mean, log_var = model.encode(x)
+    z = mean + torch.exp(0.5 * log_var) * grid
+    expected_log_lik = (grid_weights * model.log_likelihood(x, z)).sum(0)
+    return (expected_log_lik - model.kl_to_prior(mean, log_var)).mean()
+
+
+def reference_gradient(model, objective) -> dict[str, torch.Tensor]:
+    """Exact ∇ of `objective()` flattened per parameter group, in gradient_draws' order."""
+    named = list(model.named_parameters())
+    grads = torch.autograd.grad(objective(), [p for _, p in named])
+    groups: dict[str, list[torch.Tensor]] = {}
+    for (name, _), g in zip(named, grads, strict=True):
+        groups.setdefault(model.parameter_group(name), []).append(g.flatten())
+    return {group: torch.cat(parts) for group, parts in groups.items()}
+
+
+def max_z_score(draws: torch.Tensor, reference: torch.Tensor) -> float:
+    """max_j |mean_j − ref_j| / (std_j/√R); coordinates with zero spread must match exactly."""
+    mean, std = draws.mean(0), draws.std(0)
+    constant = std == 0
+    assert torch.allclose(mean[constant], reference[constant], atol=1e-10)
+    if constant.all():
+        return 0.0
+    return ((mean - reference).abs()[~constant] / (std[~constant] / math.sqrt(len(draws)))).max()
+
+
+def bonferroni_threshold(n_coordinates: int) -> float:
+    return NormalDist().inv_cdf(1 - FAMILY_ERROR / (2 * n_coordinates))
+
+
+def encoder_scale(estimator) -> float:
+    """NVIL divides the encoder gradient by max(1, √v); undo it to compare with ∇L."""
+    return estimator.signal_scale().item() if hasattr(estimator, "signal_scale") else 1.0
+
+
+def give_running_baselines_state(estimator) -> None:
+    """Move running baselines away from their initial values (any fixed value keeps them unbiased)."""
+    buffers = dict(estimator.named_buffers())
+    if "baseline" in buffers:
+        buffers["baseline"].fill_(-3.0)
+    if "signal_var" in buffers:
+        buffers["signal_mean"].fill_(-2.0)
+        buffers["signal_var"].fill_(9.0)  # scale max(1, √9) = 3
+
+
+def assert_unbiased(estimator, x, reference, seed: int) -> None:
+    draws = gradient_draws(estimator, x, N_DRAWS, torch.Generator().manual_seed(seed))
+    draws["encoder"] = draws["encoder"] * encoder_scale(estimator)
+    n_coordinates = sum(r.numel() for r in reference.values())
+    threshold = bonferroni_threshold(n_coordinates)
+    for group, ref in reference.items():
+        z = max_z_score(draws[group], ref)
+        assert z < threshold, f"{group}: max |z| = {z:.2f} >= {threshold:.2f}"
+
+
+def test_quadrature_reference_has_converged():
+    model, x = small_vae(), small_batch()
+    coarse = reference_gradient(model, lambda: quadrature_elbo(model, x, 30))
+    fine = reference_gradient(model, lambda: quadrature_elbo(model, x, 40))
+    for group in coarse:
+        assert torch.allclose(coarse[group], fine[group], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(("name", "kl", "n_particles"), all_configurations())
+def test_estimator_is_unbiased_on_small_bernoulli_vae(name, kl, n_particles):
+    model, x = small_vae(), small_batch()
+    estimator = make_estimator(name, model, kl, n_particles)
+    give_running_baselines_state(estimator)
+    reference = reference_gradient(model, lambda: quadrature_elbo(model, x))
+    assert_unbiased(estimator, x, reference, seed=2)
+
+
+@pytest.mark.parametrize(("name", "kl", "n_particles"), all_configurations())
+def test_estimator_is_unbiased_on_linear_gaussian_model(name, kl, n_particles):
+    model = LinearGaussianModel(3, prior_mean=torch.tensor([0.5, -1.0, 0.2])).double()
+    x = torch.tensor([[1.0, 0.0, -2.0], [0.3, 0.3, 0.3]], dtype=torch.float64)
+    estimator = make_estimator(name, model, kl, n_particles)
+    give_running_baselines_state(estimator)
+    reference = reference_gradient(model, lambda: model.exact_elbo(x).mean())
+    assert_unbiased(estimator, x, reference, seed=3)
+
+
+def test_z_test_detects_a_known_bias():
+    """Power check at the same R: a leave-one-*in* baseline (the mean of all K signals, which
+    depends on z_k) shrinks the score term by (K − 1)/K and must fail the test."""
+
+    class LeaveOneIn(ScoreLeaveOneOut):
+        def forward(self, x, noise):
+            out = super().forward(x, noise)
+            f, kl_analytic, log_q = self.sample_terms(x, noise, stop_path=True)
+            signal = f - f.mean(0, keepdim=True)
+            surrogate = score_function_surrogate(f, log_q, kl_analytic, signal)
+            return type(out)(surrogate, out.elbo, out.learning_signal)
+
+    model, x = small_vae(), small_batch()
+    estimator = LeaveOneIn(model, kl="analytic", n_particles=2)
+    reference = reference_gradient(model, lambda: quadrature_elbo(model, x))
+    with pytest.raises(AssertionError, match="encoder: max"):
+        assert_unbiased(estimator, x, reference, seed=2)
+
+
+def test_stl_has_zero_encoder_variance_at_exact_posterior():
+    """At q = p(z|x) the per-sample ELBO log p(x, z) − log q(z|x) = log p(x) is constant in z, so
+    STL's encoder gradient is exactly zero for every draw; reparam keeps the score term."""
+    model = LinearGaussianModel(3, prior_mean=torch.tensor([0.5, -1.0, 0.2])).double()
+    model.set_exact_posterior()
+    x = torch.tensor([[1.0, 0.0, -2.0], [0.3, 0.3, 0.3]], dtype=torch.float64)
+    stl = gradient_statistics(make_estimator("stl", model, "mc"), x, 200)
+    reparam = gradient_statistics(make_estimator("reparam", model, "mc"), x, 200)
+    assert reparam["grad_var_encoder"] > 0.1
+    assert stl["grad_var_encoder"] < 1e-12 * reparam["grad_var_encoder"]  # float64 round-off
+
+
+@pytest.mark.parametrize(("name", "kl", "n_particles"), all_configurations())
+def test_vmap_and_loop_draws_agree(name, kl, n_particles):
+    model, x = small_vae(), small_batch()
+    estimator = make_estimator(name, model, kl, n_particles)
+    batched = gradient_draws(estimator, x, 5, torch.Generator().manual_seed(4), method="vmap")
+    looped = gradient_draws(estimator, x, 5, torch.Generator().manual_seed(4), method="loop")
+    for group in batched:
+        assert torch.allclose(batched[group], looped[group], rtol=1e-10, atol=1e-12)
+
+
+def test_decoder_gradient_is_the_same_for_every_estimator():
+    """Only ∇_φ differs between estimators: with the same noise, ∇_θ is identical."""
+    model, x = small_vae(), small_batch()
+    decoder = {}
+    for name, kl, n_particles in all_configurations():
+        estimator = make_estimator(name, model, kl, 2)
+        decoder[name, kl] = gradient_draws(estimator, x, 3, torch.Generator().manual_seed(5))[
+            "decoder"
+        ]
+    first = next(iter(decoder.values()))
+    for key, value in decoder.items():
+        assert torch.allclose(value, first, rtol=1e-10), key
+
+
+def test_nvil_baseline_network_learns_from_its_regression_term():
+    model, x = small_vae(), small_batch()
+    estimator = make_estimator("score_nvil", model, "analytic")
+    out = estimator(x, estimator.sample_noise(len(x), torch.Generator().manual_seed(6)))
+    out.surrogate.backward()
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in estimator.baseline_net.parameters()
+    )
+
+
+def test_running_baselines_track_the_learning_signal():
+    model, x = small_vae(), small_batch()
+    for name in ("score_ma", "score_nvil"):
+        estimator = make_estimator(name, model, "mc")
+        generator = torch.Generator().manual_seed(7)
+        for _ in range(50):
+            estimator.update_state(estimator(x, estimator.sample_noise(len(x), generator)))
+        out = estimator(x, estimator.sample_noise(len(x), generator))
+        tracked = estimator.baseline if name == "score_ma" else estimator.signal_mean
+        target = out.learning_signal.mean() if name == "score_ma" else out.stats["residual"].mean()
+        assert abs(tracked - target) < 3 * out.learning_signal.std() + 1.0
+
+
+def test_unknown_estimator_lists_valid_names():
+    with pytest.raises(EstimatorError, match="unknown estimator 'foo'; valid: reparam, stl"):
+        make_estimator("foo", small_vae())
+
+
+def test_unknown_kl_mode_lists_valid_modes():
+    with pytest.raises(EstimatorError, match="unknown KL mode 'exact'; valid: analytic, mc"):
+        make_estimator("reparam", small_vae(), kl="exact")
+
+
+def test_stl_refuses_analytic_kl_and_says_why():
+    with pytest.raises(EstimatorError, match="does not support kl='analytic'.*score term"):
+        make_estimator("stl", small_vae(), kl="analytic")
+
+
+def test_leave_one_out_needs_two_particles():
+    with pytest.raises(EstimatorError, match="needs n_particles \\(K\\) >= 2, got 1"):
+        make_estimator("score_loo", small_vae(), n_particles=1)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (dict(activation="sigmoidal"), "unknown activation 'sigmoidal'; valid: tanh"),
+        (dict(latent_dim=0), "latent_dim must be a positive integer"),
+        (dict(hidden=(500, -1)), "hidden\\[1\\] must be a positive integer"),
+    ],
+)
+def test_bad_model_config_is_refused(config, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**config)
+
+
+@pytest.mark.parametrize(
+    ("batch", "message"),
+    [
+        (torch.zeros(4, 5), "expected a minibatch of shape \\(M, 6\\), got \\(4, 5\\)"),
+        (torch.zeros(6), "expected a minibatch of shape"),
+        (torch.full((2, 6), float("nan")), "NaN or infinite"),
+    ],
+)
+def test_bad_minibatch_is_refused(batch, message):
+    with pytest.raises(ValueError, match=message):
+        small_vae().check_input(batch)
