@@ -83,7 +83,7 @@ def encoder_scale(estimator) -> float:
 
 
 def give_running_baselines_state(estimator) -> None:
-    """Move running baselines away from their initial values (any fixed value keeps them unbiased)."""
+    """Move running baselines off their initial values (any fixed value keeps them unbiased)."""
     buffers = dict(estimator.named_buffers())
     if "baseline" in buffers:
         buffers["baseline"].fill_(-3.0)
@@ -174,7 +174,7 @@ def test_decoder_gradient_is_the_same_for_every_estimator():
     """Only ∇_φ differs between estimators: with the same noise, ∇_θ is identical."""
     model, x = small_vae(), small_batch()
     decoder = {}
-    for name, kl, n_particles in all_configurations():
+    for name, kl, _ in all_configurations():
         estimator = make_estimator(name, model, kl, 2)
         decoder[name, kl] = gradient_draws(estimator, x, 3, torch.Generator().manual_seed(5))[
             "decoder"

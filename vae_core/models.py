@@ -95,7 +95,7 @@ def mlp(sizes: list[int], activation: str) -> nn.Sequential:
 
 
 class BernoulliVAE(GaussianLatentModel):
-    """The MLP VAE of Kingma & Welling (2014): Gaussian encoder, N(0, I) prior, Bernoulli decoder."""
+    """MLP VAE of Kingma & Welling (2014): Gaussian encoder, N(0, I) prior, Bernoulli decoder."""
 
     def __init__(self, config: ModelConfig = ModelConfig()) -> None:
         super().__init__()

@@ -40,7 +40,7 @@ def bernoulli_log_likelihood(x: torch.Tensor, logits: torch.Tensor) -> torch.Ten
 
 
 def analytic_kl_standard_normal(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-    """KL(N(μ, σ²) ‖ N(0, I)) = ½ Σ_d (μ_d² + σ_d² − 1 − log σ_d²)  (Kingma & Welling 2014, App. B)."""
+    """KL(N(μ, σ²) ‖ N(0, I)) = ½ Σ_d (μ_d² + σ_d² − 1 − log σ_d²)  (Kingma & Welling, App. B)."""
     return 0.5 * (mean.pow(2) + torch.exp(log_var) - 1.0 - log_var).sum(-1)
 
 
@@ -81,7 +81,7 @@ def log_likelihood_estimate(
     generator: torch.Generator | None = None,
     chunk_size: int = 500,
 ) -> torch.Tensor:
-    """Importance-sampled log p(x) ≈ log (1/k) Σ_k p(x, z_k)/q(z_k|x), per example (Burda et al. 2016).
+    """Importance-sampled log p(x) ≈ log (1/k) Σ_k p(x, z_k)/q(z_k|x) per example (Burda et al.).
 
     A lower bound in expectation (the IWAE bound with k = n_samples) that tightens as k grows.
     Samples are drawn `chunk_size` at a time and combined exactly with logsumexp.
