@@ -7,6 +7,7 @@ binarised afresh each epoch by :func:`iterate_minibatches` (dynamic binarisation
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import logging
 import math
@@ -77,6 +78,11 @@ class Dataset:
     def dim(self) -> int:
         """Number of pixels per image (D)."""
         return math.prod(self.image_shape)
+
+    def to(self, device: torch.device | str) -> Dataset:
+        """The same data set with every tensor on `device`."""
+        tensors = ("train", "test", "test_binary", "train_eval_binary")
+        return dataclasses.replace(self, **{n: getattr(self, n).to(device) for n in tensors})
 
 
 def describe_datasets() -> dict[str, str]:

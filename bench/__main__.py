@@ -1,0 +1,183 @@
+"""Command line: python -m bench {list,run,report,toy}. The only place that parses or prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from bench import toy
+from bench.environment import environment_record
+from bench.suites import MODELS, Suite, get_suite, make_suites, with_dataset
+from vae_core.data import DataError, describe_datasets, load_dataset
+from vae_core.estimators import REGISTRY
+
+
+class UsageError(Exception):
+    """Bad arguments: reported as one line, exit status 2, before any training."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description="Benchmark VAE gradient estimators."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    listing = commands.add_parser("list", help="estimators, data sets, models and suites")
+    listing.set_defaults(handler=cmd_list)
+
+    run = commands.add_parser("run", help="train and measure every configuration of a suite")
+    run.add_argument("--suite", default="default", help="quick, default or full")
+    run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    run.add_argument("--out", default="results", type=Path, help="output directory")
+    run.add_argument("--resume", action="store_true", help="skip configurations already finished")
+    run.add_argument("--overwrite", action="store_true", help="discard an existing runs.csv")
+    run.add_argument("--data-dir", default=None, help="directory of the MNIST IDX files")
+    run.add_argument(
+        "--estimators", default=None, help="comma-separated subset of estimators to run"
+    )
+    run.set_defaults(handler=cmd_run)
+
+    report = commands.add_parser("report", help="summary.md and plots from runs.csv")
+    report.add_argument("--out", default="results", type=Path, help="results directory")
+    report.add_argument("--no-toy", action="store_true", help="skip the toy-problem plot")
+    report.set_defaults(handler=cmd_report)
+
+    toy_parser = commands.add_parser("toy", help="Gaussian toy problem with exact answers")
+    toy.add_toy_arguments(toy_parser)
+    toy_parser.set_defaults(handler=toy.main_toy)
+    return parser
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    print("Estimators (name: supported KL modes, minimum K — what it computes)")
+    for name, cls in REGISTRY.items():
+        kl = "/".join(cls.kl_modes)
+        print(f"  {name:12s} {cls.latent} latents, kl={kl}, K>={cls.min_particles} — {cls.summary}")
+    print("\nData sets")
+    for name, description in describe_datasets().items():
+        print(f"  {name:12s} {description}")
+    print("\nModels")
+    for name, config in MODELS.items():
+        shape = "-".join(str(h) for h in config.hidden)
+        print(f"  {name:12s} D-{shape}-{config.latent_dim}, {config.activation}")
+    print("\nSuites (expected wall time on 2 CPU cores)")
+    for suite in make_suites().values():
+        minutes = suite.expected_cpu_minutes
+        expected = f"~{minutes:g} min" if minutes == minutes else "GPU-sized"
+        print(f"  {suite.name:12s} {len(suite.runs):3d} runs, {expected:10s} {suite.description}")
+    return 0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise UsageError(f"unknown device {name!r}; valid: auto, cpu, cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda but torch sees no CUDA GPU; use --device cpu or auto")
+    return torch.device(name)
+
+
+def check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create output directory {out}: {err.strerror}") from err
+    if not os.access(out, os.W_OK):
+        raise UsageError(f"output directory {out} is not writable")
+
+
+def select_suite(args: argparse.Namespace) -> tuple[Suite, object]:
+    """The suite (filtered by --estimators) and its data set, with fallbacks explained."""
+    try:
+        suite = get_suite(args.suite)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    if args.estimators:
+        wanted = args.estimators.split(",")
+        unknown = sorted(set(wanted) - set(REGISTRY))
+        if unknown:
+            raise UsageError(f"unknown estimator(s) {unknown}; valid: {', '.join(REGISTRY)}")
+        suite = Suite(
+            suite.name,
+            suite.description,
+            tuple(r for r in suite.runs if r.estimator in wanted),
+            suite.expected_cpu_minutes,
+        )
+    dataset_name = suite.runs[0].dataset
+    try:
+        data = load_dataset(dataset_name, data_dir=args.data_dir)
+    except DataError as err:
+        if dataset_name != "mnist" or args.data_dir:
+            raise UsageError(str(err)) from err
+        print(
+            "full MNIST not found (no --data-dir / VAE_BENCH_DATA): using mnist5k", file=sys.stderr
+        )
+        suite = with_dataset(suite, "mnist5k")
+        data = load_dataset("mnist5k")
+    return suite, data
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from bench.results import ResultsExistError, RunsFile, row_key
+    from bench.runner import run_configuration
+
+    device = resolve_device(args.device)
+    check_writable(args.out)
+    suite, data = select_suite(args)
+    try:
+        runs, finished = RunsFile.open(args.out, resume=args.resume, overwrite=args.overwrite)
+    except (ResultsExistError, ValueError) as err:
+        raise UsageError(str(err)) from err
+    record = environment_record(device, suite.name, sys.argv)
+    (args.out / "env.json").write_text(json.dumps(record, indent=2) + "\n")
+
+    todo = [c for c in suite.runs if row_key(c, device.type) not in finished]
+    if len(todo) < len(suite.runs):
+        print(
+            f"resuming: {len(suite.runs) - len(todo)} finished configurations skipped",
+            file=sys.stderr,
+        )
+    with tqdm(todo, desc=f"suite {suite.name}", unit="run", position=0) as suite_bar:
+        for config in suite_bar:
+            with tqdm(
+                total=config.steps, desc=config.label(), position=1, leave=False, mininterval=0.5
+            ) as run_bar:
+
+                def on_step(step: int, elbo: float, bar: tqdm = run_bar) -> None:
+                    bar.update(1)
+                    if step % 50 == 0:
+                        bar.set_postfix(elbo=f"{elbo:.1f}")
+
+                outcome = run_configuration(config, data, device, runs, on_step)
+            if outcome.diverged:
+                suite_bar.write(f"{config.label()}: diverged at step {outcome.steps_done}")
+    print(f"wrote {runs.path} and {args.out / 'env.json'}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench.report import main_report
+
+    return main_report(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

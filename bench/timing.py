@@ -1,0 +1,58 @@
+"""Every timed figure of the suite goes through here: warm-up, repeats, CUDA synchronisation."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels so the clock reads finished work (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(
+    fn: Callable[[], object], device: torch.device, repeats: int = 20, warmup: int = 5
+) -> list[float]:
+    """Seconds of each of `repeats` calls of `fn`, after `warmup` untimed calls."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def median_seconds(
+    fn: Callable[[], object], device: torch.device, repeats: int = 20, warmup: int = 5
+) -> float:
+    """Median of `time_calls`: robust to the odd slow call on a shared machine."""
+    return statistics.median(time_calls(fn, device, repeats, warmup))
+
+
+class Stopwatch:
+    """Accumulates synchronised wall time over `with stopwatch:` blocks (e.g. training only)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def __enter__(self) -> Stopwatch:
+        synchronize(self.device)
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        synchronize(self.device)
+        self.seconds += time.perf_counter() - self._start
