@@ -23,7 +23,9 @@ class UsageError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return args.handler(args)
     except UsageError as err:
@@ -146,7 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         runs, finished = RunsFile.open(args.out, resume=args.resume, overwrite=args.overwrite)
     except (ResultsExistError, ValueError) as err:
         raise UsageError(str(err)) from err
-    record = environment_record(device, suite.name, sys.argv)
+    record = environment_record(device, suite.name, args.argv)
     (args.out / "env.json").write_text(json.dumps(record, indent=2) + "\n")
 
     todo = [c for c in suite.runs if row_key(c, device.type) not in finished]
@@ -168,7 +170,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
                 outcome = run_configuration(config, data, device, runs, on_step)
             if outcome.diverged:
-                suite_bar.write(f"{config.label()}: diverged at step {outcome.steps_done}")
+                suite_bar.write(
+                    f"{config.label()}: diverged at step {outcome.steps_done}", file=sys.stderr
+                )
     print(f"wrote {runs.path} and {args.out / 'env.json'}", file=sys.stderr)
     return 0
 

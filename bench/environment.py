@@ -45,11 +45,12 @@ def git_commit() -> str:
 
 
 def environment_record(device: torch.device, suite: str, argv: list[str]) -> dict[str, object]:
-    """A JSON-ready description of the machine and software running `suite` on `device`."""
+    """A JSON-ready description of the machine and software running `suite` on `device`;
+    `argv` are the arguments after `python -m bench`."""
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     return {
         "suite": suite,
-        "command": " ".join(["python -m bench", *argv[1:]]),
+        "command": " ".join(["python -m bench", *argv]),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
         "device": device.type,

@@ -1,0 +1,244 @@
+"""The harness end to end: the quick suite's file contract, resume, divergence, bad arguments."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.__main__ import main
+from bench.results import COLUMNS, RunsFile, read_rows
+from bench.runner import run_configuration
+from bench.suites import RunConfig, get_suite
+from vae_core.data import load_dataset
+from vae_core.estimators import REGISTRY, EstimatorOutput
+from vae_core.estimators.pathwise import Reparam
+
+CHECKPOINT_METRICS = {
+    "elbo_train",
+    "elbo_test",
+    "train_seconds",
+    *(f"{m}_{g}" for m in ("grad_var", "grad_sqnorm", "snr") for g in ("encoder", "decoder")),
+}
+FINAL_METRICS = {
+    "nll_test",
+    "nll_samples",
+    "throughput",
+    "grad_seconds",
+    "work_var_encoder",
+    "work_var_decoder",
+    "grad_draws",
+    "grad_batched",
+    "run_complete",
+}
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("quick")
+    assert main(["run", "--suite", "quick", "--device", "cpu", "--out", str(out)]) == 0
+    return out
+
+
+def rows_by_config(path: Path) -> dict[tuple[str, ...], list[tuple[str, ...]]]:
+    configs: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
+    for row in read_rows(path):
+        configs.setdefault(row[:7], []).append(row)
+    return configs
+
+
+def test_quick_suite_writes_every_metric_for_every_configuration(quick_results):
+    with (quick_results / "runs.csv").open() as handle:
+        assert tuple(next(csv.reader(handle))) == COLUMNS
+    configs = rows_by_config(quick_results / "runs.csv")
+    suite = get_suite("quick")
+    assert {(r.estimator, r.kl, str(r.k)) for r in suite.runs} == {
+        (key[2], key[3], key[4]) for key in configs
+    }
+    checkpoints = suite.runs[0].checkpoints()
+    for key, rows in configs.items():
+        by_step: dict[int, set[str]] = {}
+        for row in rows:
+            by_step.setdefault(int(row[7]), set()).add(row[8])
+            assert math.isfinite(float(row[9])), row
+        assert sorted(by_step) == checkpoints, key
+        for step in checkpoints:
+            assert CHECKPOINT_METRICS <= by_step[step], (key, step)
+        assert FINAL_METRICS <= by_step[checkpoints[-1]], key
+
+
+def test_quick_suite_records_the_environment(quick_results):
+    record = json.loads((quick_results / "env.json").read_text())
+    for field in (
+        "torch",
+        "numpy",
+        "python",
+        "device",
+        "device_name",
+        "cpu",
+        "threads",
+        "git_commit",
+        "time",
+        "command",
+        "suite",
+    ):
+        assert field in record
+    assert record["suite"] == "quick" and record["device"] == "cpu"
+    assert "--suite quick" in record["command"]
+
+
+def test_pathwise_beats_plain_score_function_in_quick_suite(quick_results):
+    """A sanity check on the science: at the end of the quick run the pathwise estimator has a
+    far lower encoder variance than REINFORCE without a baseline."""
+    final = {}
+    for row in read_rows(quick_results / "runs.csv"):
+        if row[8] == "grad_var_encoder" and row[7] == "200":
+            final[row[2], row[3]] = float(row[9])
+    assert final["reparam", "analytic"] * 100 < final["score", "analytic"]
+
+
+def test_resume_skips_finished_and_reruns_the_interrupted(tmp_path, capsys):
+    args = [
+        "run",
+        "--suite",
+        "quick",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path),
+        "--estimators",
+        "stl,reparam",
+    ]
+    assert main(args) == 0
+    path = tmp_path / "runs.csv"
+    rows = read_rows(path)
+    configs = rows_by_config(path)
+    (first, first_rows), (second, _) = list(configs.items())[:2]
+    # Simulate a kill during the second configuration: half its rows and a torn last line.
+    kept = first_rows + [r for r in rows if r[:7] == second][:10]
+    kept += [r for r in rows if r[:7] not in (first, second)]
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        writer.writerows(kept)
+        handle.write("mnist5k,mlp500,stl")
+    capsys.readouterr()
+
+    assert main([*args, "--resume"]) == 0
+    assert "resuming: 2 finished configurations skipped" in capsys.readouterr().err
+    after = rows_by_config(path)
+    assert after[first] == first_rows  # untouched
+    assert sum(r[8] == "run_complete" for r in after[second]) == 1
+    assert len(after) == 3
+
+
+def test_existing_results_are_never_overwritten_silently(tmp_path, capsys):
+    (tmp_path / "runs.csv").write_text(",".join(COLUMNS) + "\n" + "x," * 9 + "1\n")
+    assert main(["run", "--suite", "quick", "--device", "cpu", "--out", str(tmp_path)]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+
+
+class NanAfterThreeSteps(Reparam):
+    """A test double: a pathwise estimator whose loss turns NaN after three optimiser steps."""
+
+    summary = "test double that diverges"
+    kl_modes = ("analytic",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.updates = 0
+
+    def update_state(self, output: EstimatorOutput) -> None:
+        self.updates += 1
+
+    def forward(self, x, noise) -> EstimatorOutput:
+        out = super().forward(x, noise)
+        if self.updates >= 3:
+            return EstimatorOutput(out.surrogate * float("nan"), out.elbo, out.learning_signal)
+        return out
+
+
+def test_divergence_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(REGISTRY, "nan_test", NanAfterThreeSteps)
+    NanAfterThreeSteps.name = "nan_test"
+    args = [
+        "run",
+        "--suite",
+        "quick",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path),
+        "--estimators",
+        "nan_test,stl",
+    ]
+    assert main(args) == 0
+    assert "nan_test/analytic/K=1/seed=0: diverged at step 4" in capsys.readouterr().err
+    configs = rows_by_config(tmp_path / "runs.csv")
+    diverged = next(rows for key, rows in configs.items() if key[2] == "nan_test")
+    assert {r[8] for r in diverged if r[8] in ("diverged", "run_complete")} == {
+        "diverged",
+        "run_complete",
+    }
+    stl = next(rows for key, rows in configs.items() if key[2] == "stl")
+    assert any(r[8] == "nll_test" for r in stl)
+
+
+def test_same_command_gives_the_same_numbers_on_cpu(tmp_path):
+    config = RunConfig(
+        steps=12,
+        n_checkpoints=3,
+        grad_draws=5,
+        eval_examples=50,
+        nll_samples=10,
+        nll_examples=20,
+        timed_steps=1,
+        estimator="score_ma",
+    )
+    data = load_dataset("mnist5k")
+    values = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        runs, _ = RunsFile.open(tmp_path / name, resume=False, overwrite=False)
+        run_configuration(config, data, torch.device("cpu"), runs)
+        timing = (
+            "train_seconds",
+            "throughput",
+            "grad_seconds",
+            "work_var_encoder",
+            "work_var_decoder",
+        )
+        values.append([r for r in read_rows(runs.path) if r[8] not in timing])
+    assert values[0] == values[1]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--suite", "huge"], "unknown suite 'huge'; valid: quick, default, full"),
+        (["--device", "tpu"], "unknown device 'tpu'; valid: auto, cpu, cuda"),
+        (["--estimators", "reparam,nope"], "unknown estimator(s) ['nope']"),
+    ],
+)
+def test_bad_arguments_get_one_line_and_status_2(tmp_path, capsys, extra, message):
+    assert main(["run", "--out", str(tmp_path), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "runs.csv").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_without_gpu_is_refused(tmp_path, capsys):
+    assert main(["run", "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_unwritable_output_is_refused(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["run", "--suite", "quick", "--out", str(blocker / "sub")]) == 2
+    assert "cannot create output directory" in capsys.readouterr().err
