@@ -1,7 +1,9 @@
 """Gradient variance: R independent gradient estimates on one fixed minibatch.
 
 Parameters, buffers and the minibatch stay fixed; only the latent noise is redrawn, so the spread
-of the draws is the estimator's own Monte Carlo variance. Statistics per parameter group
+of the draws is the estimator's own Monte Carlo variance. Draws estimate ∇L itself: an estimator
+whose expected encoder gradient is c·∇_φ L (NVIL's variance normalisation) has its encoder draws
+divided by c, so that variances compare like with like. Statistics per parameter group
 G ∈ {encoder, decoder} (names as in results/runs.csv):
 
     grad_var_G    = Σ_j Var_r[ĝ_j]              trace of the covariance (unbiased, R − 1)
@@ -56,7 +58,9 @@ def gradient_draws(
     groups: dict[str, list[torch.Tensor]] = {group: [] for group in PARAMETER_GROUPS}
     for name, draws in per_param.items():
         groups[group_of(estimator, name)].append(draws.reshape(n_draws, -1))
-    return {group: torch.cat(parts, dim=1) for group, parts in groups.items() if parts}
+    draws = {group: torch.cat(parts, dim=1) for group, parts in groups.items() if parts}
+    draws["encoder"] = draws["encoder"] / estimator.encoder_gradient_scale()
+    return draws
 
 
 def _draws_vmap(

@@ -79,6 +79,11 @@ class Estimator(nn.Module):
     def update_state(self, output: EstimatorOutput) -> None:
         """Advance running state (baselines) after an optimiser step. Default: no state."""
 
+    def encoder_gradient_scale(self) -> float:
+        """c in E[ĝ_φ] = c · ∇_φ L: 1 for an unbiased estimator; NVIL's normalisation makes it
+        1/max(1, √v). Variance measurements divide by it to compare estimates of ∇_φ L."""
+        return 1.0
+
     # Shared pieces -----------------------------------------------------------------------------
 
     def sample_terms(

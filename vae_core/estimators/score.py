@@ -86,8 +86,11 @@ class ScoreNVIL(Estimator):
         self.register_buffer("n_updates", torch.zeros((), dtype=torch.long))
 
     def signal_scale(self) -> torch.Tensor:
-        """The normalising factor max(1, √v) that divides the centred learning signal."""
+        """The normalising factor max(1, √v) that divides the encoder gradient."""
         return self.signal_var.sqrt().clamp(min=1.0)
+
+    def encoder_gradient_scale(self) -> float:
+        return 1.0 / self.signal_scale().item()
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor) -> EstimatorOutput:
         f, kl_analytic, log_q = self.sample_terms(
