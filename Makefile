@@ -12,7 +12,7 @@ OUT    ?= results
 DEVICE ?= auto
 SUITE  ?= default
 
-.PHONY: install test bench plots lint clean
+.PHONY: install test bench plots lint clean bench-baseline bench-check
 
 install: $(STAMP)
 
@@ -24,8 +24,47 @@ $(STAMP): pyproject.toml requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# Benchmark bodies (tests/benchmarks) run once each as plain tests, untimed.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --benchmark-disable
+
+# The main job: train and measure every configuration of $(SUITE), then draw the report.
+# Starts afresh (replacing $(OUT)/runs.csv); `make bench RESUME=1` continues a killed run instead.
+bench: $(STAMP)
+	$(PY) -m bench run --suite $(SUITE) --device $(DEVICE) --out $(OUT) \
+		$(if $(RESUME),--resume,--overwrite)
+	$(PY) -m bench report --out $(OUT)
+
+# Tables and plots from the stored $(OUT)/runs.csv, without training.
+plots: $(STAMP)
+	$(PY) -m bench report --out $(OUT)
+
+# Performance regression check with pytest-benchmark (tests/benchmarks). Timings belong to one
+# machine and live in $(BENCH_STORAGE)/ (git-ignored): `make bench-baseline` before a change,
+# `make bench-check` after it. bench-check fails when any benchmark's median is more than
+# BENCH_THRESHOLD per cent slower than in the newest saved baseline. 40% is twice the worst
+# run-to-run change seen on the shared 2-core reference machine (13 re-runs of an unchanged tree:
+# medians moved by at most +19%); a 2x slower training step measured +70% to +105% (see README).
+BENCH_THRESHOLD ?= 40
+BENCH_STORAGE   ?= .benchmarks
+# Extra pytest arguments for both targets, e.g. BENCH_ARGS="-k train_step".
+BENCH_ARGS      ?=
+BENCH_PYTEST     = $(PY) -m pytest -q tests/benchmarks --benchmark-only \
+                   --benchmark-storage=$(BENCH_STORAGE) --benchmark-sort=name \
+                   --benchmark-columns=min,median,iqr,max,rounds $(BENCH_ARGS)
+
+bench-baseline: $(STAMP)
+	$(BENCH_PYTEST) --benchmark-save=baseline
+
+# The newest *_baseline.json, not the newest file: other saved runs never become the reference.
+bench-check: $(STAMP)
+	@baseline=$$(ls -1t $(BENCH_STORAGE)/*/*_baseline.json 2>/dev/null | head -n 1); \
+	if [ -z "$$baseline" ]; then \
+		echo "bench-check: no baseline in $(BENCH_STORAGE)/; run \`make bench-baseline\` first." >&2; \
+		exit 2; \
+	fi; \
+	echo "bench-check: comparing with $$baseline; fails when a median is >$(BENCH_THRESHOLD)% slower"; \
+	$(BENCH_PYTEST) --benchmark-compare=$$baseline --benchmark-compare-fail=median:$(BENCH_THRESHOLD)%
 
 lint: $(STAMP)
 	$(PY) -m ruff check vae_core bench tests
