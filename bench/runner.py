@@ -1,10 +1,11 @@
 """Train one configuration, measure it at log-spaced checkpoints, append rows as they come.
 
 Measurements (names as in runs.csv; definitions in vae_core.gradients and DESIGN.md):
-at every checkpoint `elbo_train`, `elbo_test`, `grad_var_*`, `grad_sqnorm_*`, `snr_*`,
-`train_seconds`; at the end `nll_test` (with `nll_samples`), `throughput`, `grad_seconds`,
-`work_var_*`, `grad_draws`, `grad_batched`. Every measurement draws from its own generator seeded
-from (run seed, step), so it neither perturbs training nor depends on what was measured before.
+at every checkpoint `elbo_train`, `elbo_test` (= −(`distortion_test` + `rate_test`)),
+`grad_var_*`, `grad_sqnorm_*`, `snr_*`, `train_seconds`; at the end `nll_test` (with
+`nll_samples`), `throughput`, `grad_seconds`, `work_var_*`, `grad_draws`, `grad_batched`. Every
+measurement draws from its own generator seeded from (run seed, step), so it neither perturbs
+training nor depends on what was measured before.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from vae_core.data import Dataset, binarize, iterate_minibatches
 from vae_core.estimators import Estimator, EstimatorOutput, make_estimator
 from vae_core.gradients import gradient_statistics
 from vae_core.models import BernoulliVAE
-from vae_core.objectives import elbo_estimate, log_likelihood_estimate
+from vae_core.objectives import distortion_and_rate, elbo_estimate, log_likelihood_estimate
 
 
 def grad_method(device: torch.device) -> str:
@@ -110,9 +111,13 @@ def measure_checkpoint(
     generator = measurement_generator(config, step, device)
     model = estimator.model
     n = config.eval_examples
+    elbo_train = elbo_estimate(model, data.train_eval_binary[:n], generator).mean().item()
+    distortion, rate = distortion_and_rate(model, data.test_binary[:n], generator)
     values = {
-        "elbo_train": elbo_estimate(model, data.train_eval_binary[:n], generator).mean().item(),
-        "elbo_test": elbo_estimate(model, data.test_binary[:n], generator).mean().item(),
+        "elbo_train": elbo_train,
+        "elbo_test": -(distortion + rate).mean().item(),
+        "rate_test": rate.mean().item(),
+        "distortion_test": distortion.mean().item(),
     }
     fixed_batch = data.train_eval_binary[: config.grad_batch]
     values.update(

@@ -21,6 +21,8 @@ from vae_core.estimators.pathwise import Reparam
 CHECKPOINT_METRICS = {
     "elbo_train",
     "elbo_test",
+    "rate_test",
+    "distortion_test",
     "train_seconds",
     *(f"{m}_{g}" for m in ("grad_var", "grad_sqnorm", "snr") for g in ("encoder", "decoder")),
 }

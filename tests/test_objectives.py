@@ -9,6 +9,7 @@ from vae_core.models import BernoulliVAE, LinearGaussianModel, ModelConfig
 from vae_core.objectives import (
     analytic_kl_standard_normal,
     diag_gaussian_log_density,
+    distortion_and_rate,
     elbo_estimate,
     iwae_bound,
     log_likelihood_estimate,
@@ -94,6 +95,16 @@ def test_elbo_estimate_is_unbiased_for_the_closed_form():
     estimate = elbo_estimate(model, x, torch.Generator().manual_seed(2))
     differences = estimate - model.exact_elbo(x).detach()
     assert abs(differences.mean()) < 4 * differences.std() / len(differences) ** 0.5
+
+
+def test_rate_and_distortion_add_up_to_the_elbo_and_rate_is_the_closed_form_kl():
+    model = LinearGaussianModel(3)
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(3))
+    distortion, rate = distortion_and_rate(model, x, torch.Generator().manual_seed(4))
+    elbo = elbo_estimate(model, x, torch.Generator().manual_seed(4))
+    assert torch.allclose(-(distortion + rate), elbo)
+    mean, log_var = model.encode(x)
+    assert torch.allclose(rate, model.kl_to_prior(mean, log_var))
 
 
 def test_log_likelihood_rejects_nonpositive_samples():

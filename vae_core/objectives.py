@@ -98,11 +98,20 @@ def log_likelihood_estimate(
 
 
 @torch.no_grad()
+def distortion_and_rate(
+    model: GaussianLatentModel, x: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example: distortion −log p(x|z) at one z ~ q(z|x), and rate KL(q(z|x) ‖ p(z)) in
+    closed form (Alemi et al. 2018). ELBO = −(distortion + rate)."""
+    mean, log_var = model.encode(x)
+    noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    z = mean + torch.exp(0.5 * log_var) * noise
+    return -model.log_likelihood(x, z), model.kl_to_prior(mean, log_var)
+
+
 def elbo_estimate(
     model: GaussianLatentModel, x: torch.Tensor, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Per-example ELBO, E_q[log p(x|z)] − KL(q‖p), with one z per example and the analytic KL."""
-    mean, log_var = model.encode(x)
-    noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-    z = mean + torch.exp(0.5 * log_var) * noise
-    return model.log_likelihood(x, z) - model.kl_to_prior(mean, log_var)
+    distortion, rate = distortion_and_rate(model, x, generator)
+    return -(distortion + rate)
