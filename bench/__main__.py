@@ -12,6 +12,7 @@ import torch
 
 from bench import toy
 from bench.environment import environment_record
+from bench.report import add_report_arguments, main_report
 from bench.suites import MODELS, Suite, get_suite, make_suites, with_dataset
 from vae_core.data import DataError, describe_datasets, load_dataset
 from vae_core.estimators import REGISTRY
@@ -55,9 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=cmd_run)
 
     report = commands.add_parser("report", help="summary.md and plots from runs.csv")
-    report.add_argument("--out", default="results", type=Path, help="results directory")
-    report.add_argument("--no-toy", action="store_true", help="skip the toy-problem plot")
-    report.set_defaults(handler=cmd_report)
+    add_report_arguments(report)
+    report.set_defaults(handler=main_report)
 
     toy_parser = commands.add_parser("toy", help="Gaussian toy problem with exact answers")
     toy.add_toy_arguments(toy_parser)
@@ -175,12 +175,6 @@ def cmd_run(args: argparse.Namespace) -> int:
                 )
     print(f"wrote {runs.path} and {args.out / 'env.json'}", file=sys.stderr)
     return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from bench.report import main_report
-
-    return main_report(args)
 
 
 if __name__ == "__main__":

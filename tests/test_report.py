@@ -1,4 +1,4 @@
-"""Tests of the report (bench/report.py): runs.csv → summary.md and plots, on synthetic runs
+"""Tests of the report (bench/report/): runs.csv → summary.md and plots, on synthetic runs
 and on a committed output of the quick suite (tests/fixtures/quick)."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from bench.report import (
     load_runs,
     main_report,
     summary_table,
+    toy_plot,
     write_report,
 )
 
@@ -124,11 +125,12 @@ def reported(tmp_path_factory) -> tuple[Path, list[Path]]:
 
 def cheap_toy(patch: pytest.MonkeyPatch) -> None:
     """Fewer draws and a coarser k grid for the toy plot: same code, a fraction of the time."""
-    patch.setattr(report, "TOY_DRAWS", 2_000)
+    patch.setattr(toy_plot, "TOY_DRAWS", 2_000)
     grids = {
-        cost: (grid[::5], marks, scale) for cost, (grid, marks, scale) in report.TOY_K_GRIDS.items()
+        cost: (grid[::5], marks, scale)
+        for cost, (grid, marks, scale) in toy_plot.TOY_K_GRIDS.items()
     }
-    patch.setattr(report, "TOY_K_GRIDS", grids)
+    patch.setattr(toy_plot, "TOY_K_GRIDS", grids)
 
 
 def table_rows(summary: str) -> list[list[str]]:

@@ -1,0 +1,286 @@
+"""Plots of final metrics, mean over seeds: encoder gradient variance against seconds per
+gradient (with the efficient frontier), training throughput per device, and analytic vs Monte
+Carlo KL for estimators run with both."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.report.plots import Look, figure, figure_legend, save, series_of, where
+from bench.report.runs import GROUP, ROW
+from bench.report.tables import group_title, sig
+
+
+def _log_limits(set_limits, values: pd.Series, below: float, above: float) -> tuple[float, float]:
+    """Set log-axis limits around `values` with margins (fractions of the span in decades)."""
+    low, high = math.log10(values.min()), math.log10(values.max())
+    span = max(high - low, 0.3)
+    limits = (low - below * span, high + above * span)
+    set_limits(10.0 ** limits[0], 10.0 ** limits[1])
+    return limits
+
+
+def _tick_label(x: float, _position: object = None) -> str:
+    """Short tick labels: 0.05, 300, 2e-3, 1.5e6."""
+    if x == 0 or 1e-2 <= abs(x) < 1e4:
+        return f"{x:g}"
+    mantissa, exponent = f"{x:.1e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
+def _log_ticks(axis, low: float, high: float) -> None:
+    """On a log axis spanning under two decades, fixed 1-2-5 (or finer) ticks with short labels."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+    if not (0 < low <= high) or high / low >= 100:
+        return
+    decades = range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
+    for mantissas in ((1, 2, 5), (1, 1.5, 2, 3, 5, 7), (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8)):
+        ticks = [m * 10.0**e for e in decades for m in mantissas]
+        inside = [t for t in ticks if low / 1.3 <= t <= high * 1.3]
+        if len(inside) >= 3:
+            break
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(FuncFormatter(_tick_label))
+    axis.set_minor_locator(NullLocator())
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points no other point beats on both cost (x) and variance (y), by increasing cost."""
+    frontier, best = [], math.inf
+    for x, y in sorted(points):
+        if y < best:
+            frontier.append((x, y))
+            best = y
+    return frontier
+
+
+def _label_series(
+    ax, panel: pd.DataFrame, look: Look, x_span: tuple[float, float], y_span: tuple[float, float]
+) -> None:
+    """One label per series, right of its rightmost point, nudged up off other labels.
+
+    `x_span`, `y_span`: the axes' log10 limits, to place labels in axes fractions.
+    """
+    anchors = []
+    for (estimator, k), s in panel.groupby(["estimator", "k"], sort=True):
+        r = s.loc[s["grad_seconds"].idxmax()]
+        x, y = r["grad_seconds"], r["grad_var_encoder"]
+        fx = (math.log10(x) - x_span[0]) / (x_span[1] - x_span[0])
+        fy = (math.log10(y) - y_span[0]) / (y_span[1] - y_span[0])
+        anchors.append((fy, fx, x, y, look.label(estimator, k), estimator))
+    placed: list[tuple[float, float]] = []
+    for fy, fx, x, y, label, estimator in sorted(anchors):
+        ty = fy
+        while any(abs(fx - px) < 0.3 and abs(ty - py) < 0.055 for px, py in placed):
+            ty += 0.01
+        placed.append((fx, ty))
+        ax.annotate(
+            label,
+            (x, y),
+            xytext=(fx + 0.025, ty),
+            textcoords="axes fraction",
+            va="center",
+            fontsize=8.5,
+            color=np.array(look.colour[estimator]) * 0.75,
+            arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6, "shrinkB": 4}
+            if ty - fy > 0.02
+            else None,
+        )
+
+
+def plot_variance_cost(finals: pd.DataFrame, look: Look, path: Path) -> Path | None:
+    """Final encoder variance vs seconds per gradient, log–log; facets (dataset, model) × device."""
+    from matplotlib.lines import Line2D
+
+    needed = {"grad_var_encoder", "grad_seconds"}
+    if finals.empty or not needed <= set(finals.columns):
+        return None
+    points = finals.groupby(ROW + ["device"])[sorted(needed)].mean().dropna().reset_index()
+    points = points[(points["grad_var_encoder"] > 0) & (points["grad_seconds"] > 0)]
+    if points.empty:
+        return None
+    groups = sorted(points.groupby(GROUP).groups)
+    devices = sorted(set(points["device"]))
+    fig, axes = figure(len(groups), len(devices), 4.2)
+    for i, group in enumerate(groups):
+        for j, device in enumerate(devices):
+            ax = axes[i, j]
+            panel = where(points, dataset=group[0], model=group[1], device=device)
+            for r in panel.itertuples():
+                colour = look.series_colour(r.estimator, r.k)
+                ax.scatter(
+                    r.grad_seconds,
+                    r.grad_var_encoder,
+                    color=colour,
+                    marker=look.marker[r.kl],
+                    s=55,
+                    edgecolor="white",
+                    linewidth=0.6,
+                    zorder=3,
+                )
+            costs = zip(panel["grad_seconds"], panel["grad_var_encoder"], strict=True)
+            frontier = _pareto(list(costs))
+            if len(frontier) > 1:
+                fx, fy = zip(*frontier, strict=True)
+                ax.plot(fx, fy, color="0.4", ls=":", lw=1.2, zorder=2, drawstyle="steps-post")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            x_span = _log_limits(ax.set_xlim, panel["grad_seconds"], 0.1, 0.35)
+            y_span = _log_limits(ax.set_ylim, panel["grad_var_encoder"], 0.08, 0.08)
+            _log_ticks(ax.xaxis, panel["grad_seconds"].min(), panel["grad_seconds"].max())
+            _log_ticks(ax.yaxis, panel["grad_var_encoder"].min(), panel["grad_var_encoder"].max())
+            _label_series(ax, panel, look, x_span, y_span)
+            ax.set_title(f"{group_title(group)} — {device}")
+            ax.set_xlabel("time per gradient estimate (s)")
+            ax.set_ylabel("final enc. gradient variance (nats²)" if j == 0 else "")
+    handles = [
+        Line2D([], [], color="0.3", ls="", marker=look.marker[kl], label=f"KL {kl}")
+        for kl in sorted(set(points["kl"]))
+    ]
+    handles.append(Line2D([], [], color="0.4", ls=":", label="efficient frontier"))
+    figure_legend(fig, handles)
+    fig.suptitle("Variance against cost: lower left is better (mean over seeds)")
+    return save(fig, path)
+
+
+def _thousands(x: float, _position: object = None) -> str:
+    """Axis labels for rates: 800, 2.5k, 150k, 1.2M."""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:g}{suffix}"
+    return f"{x:g}"
+
+
+def plot_throughput(finals: pd.DataFrame, look: Look, path: Path) -> Path | None:
+    """Training throughput per estimator (bars: mean, line: seed range); facets: devices."""
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    if finals.empty or "throughput" not in finals:
+        return None
+    data = finals["throughput"].dropna().reset_index()
+    if data.empty:
+        return None
+    stats = data.groupby(ROW + ["device"])["throughput"].agg(["mean", "min", "max"]).reset_index()
+    groups = sorted(stats.groupby(GROUP).groups)
+    devices = sorted(set(stats["device"]))
+    kls = sorted(set(stats["kl"]))
+    series = series_of(stats)
+    hatches = {kl: ["", "///", "..", "xx"][i % 4] for i, kl in enumerate(kls)}
+    height = 0.8 / len(kls)
+    fig, axes = figure(len(groups), len(devices), 0.24 * len(series) * len(kls) + 1.2)
+    for i, group in enumerate(groups):
+        for j, device in enumerate(devices):
+            ax = axes[i, j]
+            panel = where(stats, dataset=group[0], model=group[1], device=device)
+            for y, (estimator, k) in enumerate(series):
+                for m, kl in enumerate(kls):
+                    r = where(panel, estimator=estimator, k=k, kl=kl)
+                    if r.empty:
+                        continue
+                    r = r.iloc[0]
+                    pos = y - 0.4 + height * (m + 0.5)
+                    ax.barh(
+                        pos,
+                        r["mean"],
+                        height=height * 0.9,
+                        color=look.series_colour(estimator, k),
+                        hatch=hatches[kl],
+                        edgecolor="white",
+                    )
+                    ax.plot([r["min"], r["max"]], [pos, pos], color="0.2", lw=1.2)
+            ax.set_yticks(range(len(series)), [look.label(e, k) for e, k in series])
+            ax.invert_yaxis()
+            ax.set_xlim(left=0)
+            ax.set_title(f"{group_title(group)} — {device}")
+            ax.set_xlabel("throughput (training examples/s)")
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+            ax.xaxis.set_major_formatter(FuncFormatter(_thousands))
+            ax.grid(axis="y", visible=False)
+    if len(kls) > 1:
+        handles = [
+            Patch(facecolor="0.6", hatch=hatches[kl], edgecolor="white", label=f"KL {kl}")
+            for kl in kls
+        ]
+        figure_legend(fig, handles)
+    note = "" if "cuda" in devices else " — cpu only (no GPU runs)"
+    fig.suptitle(f"Training throughput (bar: mean over seeds; line: min–max){note}")
+    return save(fig, path)
+
+
+def plot_kl_modes(finals: pd.DataFrame, look: Look, path: Path) -> Path | None:
+    """Analytic vs Monte Carlo KL for estimators run with both: final ELBO and enc. variance."""
+    from matplotlib.lines import Line2D
+
+    needed = [m for m in ("elbo_test", "grad_var_encoder") if m in finals]
+    if finals.empty or not needed:
+        return None
+    means = finals[needed].groupby(ROW).mean().reset_index()
+    modes = means.groupby(GROUP + ["estimator", "k"])["kl"].nunique()
+    paired = modes[modes > 1].reset_index()[GROUP + ["estimator", "k"]]
+    if paired.empty:
+        return None
+    means = means.merge(paired, on=GROUP + ["estimator", "k"])
+    groups = sorted(means.groupby(GROUP).groups)
+    kls = sorted(set(means["kl"]))
+    n_series = means.drop_duplicates(GROUP + ["estimator", "k"]).groupby(GROUP).size().max()
+    fig, axes = figure(len(groups), len(needed), 0.45 * n_series + 1.4)
+    labels = {
+        "elbo_test": "final test ELBO (nats)",
+        "grad_var_encoder": "final enc. gradient variance (nats², log)",
+    }
+    for i, group in enumerate(groups):
+        panel = where(means, dataset=group[0], model=group[1])
+        series = series_of(panel)
+        for j, metric in enumerate(needed):
+            ax = axes[i, j]
+            for y, (estimator, k) in enumerate(series):
+                s = where(panel, estimator=estimator, k=k)
+                s = s.dropna(subset=[metric]).sort_values("kl")
+                colour = look.series_colour(estimator, k)
+                ax.plot(s[metric], [y] * len(s), color=colour, lw=2, alpha=0.6, zorder=2)
+                for r in s.itertuples():
+                    ax.scatter(
+                        getattr(r, metric),
+                        y,
+                        color=colour,
+                        marker=look.marker[r.kl],
+                        s=60,
+                        edgecolor="white",
+                        zorder=3,
+                    )
+                if len(s) == 2:
+                    a, b = s[metric].to_numpy()
+                    text = f"Δ {b - a:+.2f}" if metric == "elbo_test" else f"×{sig(b / a)}"
+                    ax.annotate(
+                        text,
+                        (max(a, b), y),
+                        xytext=(8, 0),
+                        textcoords="offset points",
+                        va="center",
+                        fontsize=8.5,
+                    )
+            if metric == "grad_var_encoder":
+                ax.set_xscale("log")
+            ax.margins(x=0.2)
+            ax.set_yticks(range(len(series)), [look.label(e, k) for e, k in series])
+            ax.set_ylim(len(series) - 0.5, -0.5)
+            ax.set_title(group_title(group))
+            ax.set_xlabel(labels[metric])
+    handles = [
+        Line2D([], [], color="0.3", ls="", marker=look.marker[kl], ms=8, label=f"KL {kl}")
+        for kl in kls
+    ]
+    figure_legend(fig, handles)
+    first, last = kls[0], kls[-1]
+    fig.suptitle(
+        f"KL term: analytic vs Monte Carlo (mean over seeds)\n"
+        f"Δ = {last} − {first} (nats), × = {last} ÷ {first}"
+    )
+    return save(fig, path)

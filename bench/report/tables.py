@@ -1,0 +1,295 @@
+"""The summary table (one row per dataset, model, estimator, KL mode and K, seeds pooled) and its
+markdown, one section per (dataset, model).
+
+Quality and variance figures of a row come from its cpu runs (the device of a row that ran
+elsewhere only); throughput has a column per device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from bench.report.runs import CONFIG, GROUP, ROW, final_values, primary_device, run_status
+
+DEVICES: tuple[str, ...] = ("cpu", "cuda")  # always given a throughput column ("—" if absent)
+REFERENCE = "reparam"  # relative variances are against this estimator
+MISSING = "—"
+SEED_MEANS = (
+    "nll_samples",
+    "grad_var_encoder",
+    "grad_var_decoder",
+    "snr_encoder",
+    "grad_seconds",
+    "work_var_encoder",
+    "grad_draws",
+)
+
+
+def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, model, estimator, kl, k): seed statistics of final metrics.
+
+    Columns: the row key; `device` (whose runs give the quality figures); `seeds`, `finished`,
+    `diverged` (counts) and `divergence` (e.g. "diverged at step 300"); `elbo_test_mean/std`,
+    `nll_test_mean/std`, `nll_samples`; final `grad_var_encoder`, `grad_var_decoder`,
+    `snr_encoder`, `grad_seconds`, `work_var_encoder`, `grad_draws` (means over finished seeds);
+    `grad_var_encoder_rel`, `grad_var_decoder_rel` (÷ reparam with the same KL, else analytic);
+    `throughput_<device>` for cpu, cuda and any other device present. Sorted within each
+    (dataset, model) so the first row is the estimator to use: rows without divergence first,
+    then by final test ELBO, highest first.
+    """
+    status = run_status(runs)
+    finals = final_values(runs, status)
+    devices = list(DEVICES) + sorted(set(runs["device"]) - set(DEVICES))
+    records = []
+    for key, configs in status[status["status"] != "running"].groupby(ROW, sort=True):
+        configs = configs.reset_index()
+        device = primary_device(configs["device"])
+        own = configs[configs["device"] == device]
+        done = own[own["status"] == "finished"]
+        final = _finals_of(finals, done)
+        broken = own[own["status"] == "diverged"]
+        record: dict[str, object] = dict(zip(ROW, key, strict=True))
+        record.update(
+            device=device,
+            seeds=len(own),
+            finished=len(done),
+            diverged=len(broken),
+            divergence=_divergence_text(broken, len(own)),
+            elbo_test_mean=_mean(final, "elbo_test"),
+            elbo_test_std=_std(final, "elbo_test"),
+            nll_test_mean=_mean(final, "nll_test"),
+            nll_test_std=_std(final, "nll_test"),
+        )
+        for metric in SEED_MEANS:
+            record[metric] = _mean(final, metric)
+        for name in devices:
+            on_device = configs[(configs["device"] == name) & (configs["status"] == "finished")]
+            record[f"throughput_{name}"] = _mean(_finals_of(finals, on_device), "throughput")
+        records.append(record)
+    if not records:
+        return pd.DataFrame(columns=ROW)
+    table = pd.DataFrame.from_records(records)
+    for part in ("encoder", "decoder"):
+        table[f"grad_var_{part}_rel"] = _relative(table, f"grad_var_{part}")
+    table["_healthy"] = table["diverged"] == 0
+    table = table.sort_values(
+        GROUP + ["_healthy", "elbo_test_mean", "estimator", "kl", "k"],
+        ascending=[True, True, False, False, True, True, True],
+        na_position="last",
+        kind="mergesort",
+    )
+    return table.drop(columns="_healthy").reset_index(drop=True)
+
+
+def _finals_of(finals: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `finals` for the configurations listed in `configs`."""
+    return finals.loc[finals.index.isin(pd.MultiIndex.from_frame(configs[CONFIG]))]
+
+
+def _mean(frame: pd.DataFrame, column: str) -> float:
+    return (
+        float(frame[column].mean()) if column in frame and frame[column].notna().any() else np.nan
+    )
+
+
+def _std(frame: pd.DataFrame, column: str) -> float:
+    values = frame[column].dropna() if column in frame else pd.Series(dtype=float)
+    return float(values.std(ddof=1)) if len(values) > 1 else np.nan
+
+
+def _divergence_text(broken: pd.DataFrame, seeds: int) -> str:
+    """'' if no seed diverged; 'diverged at step N' (all seeds), else which seeds and where."""
+    if broken.empty:
+        return ""
+    steps = sorted({int(s) for s in broken["diverged_step"]})
+    if len(broken) == seeds:
+        where = ", ".join(str(s) for s in steps)
+        return f"diverged at step{'s' if len(steps) > 1 else ''} {where}"
+    parts = [
+        f"seed {int(r.seed)} diverged at step {int(r.diverged_step)}"
+        for r in broken.sort_values("seed").itertuples()
+    ]
+    return "; ".join(parts)
+
+
+def _relative(table: pd.DataFrame, column: str) -> pd.Series:
+    """column ÷ reparam's in the same (dataset, model): same KL mode, else analytic; same K, else
+    reparam's smallest K. NaN where no such reparam row has a finite positive value."""
+    reference = {
+        (r.dataset, r.model, r.kl, r.k): getattr(r, column)
+        for r in table[table["estimator"] == REFERENCE].itertuples()
+        if np.isfinite(getattr(r, column)) and getattr(r, column) > 0
+    }
+    ratios = []
+    for row in table.itertuples():
+        base = np.nan
+        for kl in dict.fromkeys([row.kl, "analytic"]):
+            ks = sorted(
+                k for d, m, mode, k in reference if (d, m, mode) == (row.dataset, row.model, kl)
+            )
+            if ks:
+                base = reference[(row.dataset, row.model, kl, row.k if row.k in ks else ks[0])]
+                break
+        ratios.append(getattr(row, column) / base)
+    return pd.Series(ratios, index=table.index, dtype=float)
+
+
+# ------------------------------------------------------------------------------------ markdown
+
+
+def group_title(key: tuple[str, str]) -> str:
+    """'dataset / model': the heading of a summary section and of a plot panel."""
+    return f"{key[0]} / {key[1]}"
+
+
+def sci(x: float) -> str:
+    """3 significant figures in scientific notation: 1.23e4, 4.56e-3."""
+    if not np.isfinite(x):
+        return MISSING
+    if x == 0:
+        return "0"
+    mantissa, exponent = f"{x:.2e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def sig(x: float, digits: int = 3) -> str:
+    """`digits` significant figures: positional from 0.01 to 10^digits, scientific outside."""
+    if not np.isfinite(x):
+        return MISSING
+    if x == 0:
+        return "0"
+    magnitude = math.floor(math.log10(abs(float(f"{x:.{digits - 1}e}"))))
+    if not -2 <= magnitude < digits:
+        return sci(x)
+    return f"{x:.{max(0, digits - 1 - magnitude)}f}"
+
+
+def _count(x: float) -> str:
+    """A rate to 3 significant figures with thousands separators: 12,300."""
+    if not np.isfinite(x):
+        return MISSING
+    if abs(x) < 1000:
+        return sig(x)
+    return f"{round(x, 2 - math.floor(math.log10(abs(x)))):,.0f}"
+
+
+def _mean_std(mean: float, std: float) -> str:
+    if not np.isfinite(mean):
+        return MISSING
+    return f"{mean:.1f} ± {std:.1f}" if np.isfinite(std) else f"{mean:.1f}"
+
+
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
+    """A GitHub-flavoured markdown table; `right` aligns numeric columns to the right."""
+    rule = ["---:" if r else ":---" for r in right]
+    lines = [header, rule, *rows]
+    return "\n".join(
+        "| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in lines
+    )
+
+
+def _env_line(env: dict[str, object], device: str) -> str:
+    parts = []
+    name = env.get("device_name") or env.get("cpu")
+    if name:
+        parts.append(str(name))
+    if env.get("torch"):
+        parts.append(f"torch {env['torch']}")
+    if env.get("threads"):
+        parts.append(f"{env['threads']} threads")
+    if env.get("git_commit"):
+        commit, _, suffix = str(env["git_commit"]).partition("-")  # e.g. 037e26b-dirty
+        parts.append(f"commit {commit[:12]}{'-' + suffix if suffix else ''}")
+    if env.get("suite"):
+        parts.append(f"suite {env['suite']}")
+    return f"Environment ({device}): " + ("; ".join(parts) if parts else "no env.json")
+
+
+def summary_markdown(table: pd.DataFrame, envs: dict[str, dict[str, object]]) -> list[str]:
+    """Markdown lines of `summary_table`: a section per (dataset, model), each ending blank."""
+    lines = []
+    for key, group in table.groupby(GROUP, sort=True):
+        lines += [f"## {group_title(key)}", ""]
+        lines += _group_markdown(group, envs)
+        lines.append("")
+    return lines
+
+
+def _group_markdown(table: pd.DataFrame, envs: dict[str, dict[str, object]]) -> list[str]:
+    """Markdown lines for one (dataset, model): headline, table, notes, environment."""
+    vary_k = table["k"].nunique() > 1
+    devices = [c.removeprefix("throughput_") for c in table.columns if c.startswith("throughput_")]
+    nll_k = sorted({int(k) for k in table["nll_samples"].dropna()})
+    nll_header = "test NLL (nats" + (f", k={nll_k[0]})" if len(nll_k) == 1 else ")")
+    header = ["estimator", "KL"] + (["K"] if vary_k else [])
+    header += [
+        "test ELBO (nats)",
+        nll_header,
+        "enc. grad var (nats²)",
+        "enc. var ÷ reparam",
+        "dec. grad var (nats²)",
+        "dec. var ÷ reparam",
+        "enc. SNR",
+        *[f"throughput {d} (examples/s)" for d in devices],
+        "time per gradient (s)",
+        "enc. var × time (nats²·s)",
+    ]
+    rows = []
+    for r in table.itertuples():
+        row = [f"**{r.estimator}**" if not rows else r.estimator, r.kl]
+        row += [str(r.k)] if vary_k else []
+        if r.finished == 0:
+            row += [r.divergence] + [MISSING] * (len(header) - len(row) - 1)
+            rows.append(row)
+            continue
+        elbo = _mean_std(r.elbo_test_mean, r.elbo_test_std)
+        if r.diverged:
+            elbo += f" ({r.finished} of {r.seeds} seeds; {r.divergence})"
+        nll = _mean_std(r.nll_test_mean, r.nll_test_std)
+        if len(nll_k) > 1 and np.isfinite(r.nll_samples):
+            nll += f" (k={int(r.nll_samples)})"
+        row += [
+            elbo,
+            nll,
+            sci(r.grad_var_encoder),
+            sig(r.grad_var_encoder_rel),
+            sci(r.grad_var_decoder),
+            sig(r.grad_var_decoder_rel),
+            sig(r.snr_encoder),
+            *[_count(getattr(r, f"throughput_{d}")) for d in devices],
+            sci(r.grad_seconds),
+            sci(r.work_var_encoder),
+        ]
+        rows.append(row)
+    right = [False, False] + [True] * (len(header) - 2)
+
+    seeds = sorted(set(table["seeds"]))
+    draws = sorted({int(x) for x in table["grad_draws"].dropna()})
+    best = table.iloc[0]
+    lines = []
+    if best["finished"] > 0 and np.isfinite(best["elbo_test_mean"]):
+        k_text = f", K={best['k']}" if vary_k else ""
+        lines.append(
+            f"Best final test ELBO: **{best['estimator']}** (KL {best['kl']}{k_text}), "
+            f"{best['elbo_test_mean']:.1f} nats.\n"
+        )
+    lines.append(_markdown(header, rows, right))
+    lines.append("")
+    seed_text = "/".join(str(s) for s in seeds)
+    draw_text = f" from R = {'/'.join(str(d) for d in draws)} draws" if draws else ""
+    lines.append(
+        f"Mean ± std over {seed_text} seed(s), at the final training step; rows sorted by test "
+        "ELBO, configurations that diverged last. Gradient variance: trace of the covariance of "
+        f"the minibatch-mean ELBO gradient{draw_text}; ÷ reparam is against reparam with the same "
+        "KL mode (else analytic). Quality columns from "
+        + ", ".join(sorted(set(table["device"])))
+        + f" runs; {MISSING} = not measured."
+    )
+    lines.append("")
+    for device in sorted(set(table["device"]) | {d for d in devices if d in envs}):
+        lines.append(_env_line(envs.get(device, {}), device) + "  ")
+    return lines
