@@ -12,6 +12,10 @@ randomness is in `noise` (drawn by `sample_noise`), so `forward` is a pure funct
 Estimators differ only in the encoder gradient ∇_φ; the decoder gradient ∇_θ is always the exact
 gradient of the sampled objective. State that changes during training (running baselines) lives in
 buffers and changes only in `update_state`, never in `forward`.
+
+Multi-sample estimators (`objective = "iwae"`, see `multisample`) target instead the K-sample
+importance-weighted bound L_K = E[log (1/K) Σ_k w_k] (Burda et al. 2016), which equals the ELBO at
+K = 1 and tightens with K; for them `elbo` is the per-example estimate of L_K.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class Estimator(nn.Module):
     kl_modes: ClassVar[tuple[str, ...]] = KL_MODES
     min_particles: ClassVar[int] = 1
     unsupported_reason: ClassVar[dict[str, str]] = {}  # KL mode → why it is refused
+    objective: ClassVar[str] = "elbo"  # what the gradient estimates: "elbo", or "iwae" (L_K)
 
     def __init__(self, model: GaussianLatentModel, kl: str = "analytic", n_particles: int = 1):
         super().__init__()
