@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(handler=cmd_list)
 
     run = commands.add_parser("run", help="train and measure every configuration of a suite")
-    run.add_argument("--suite", default="default", help="quick, default or full")
+    run.add_argument("--suite", default="default", help=", ".join(make_suites()))
     run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     run.add_argument("--out", default="results", type=Path, help="output directory")
     run.add_argument("--resume", action="store_true", help="skip configurations already finished")
@@ -135,6 +135,19 @@ def select_suite(args: argparse.Namespace) -> tuple[Suite, object]:
     return suite, data
 
 
+def write_environment(path: Path, record: dict[str, object], keep_history: bool) -> None:
+    """env.json describes the latest command; with `keep_history` (--resume), the earlier ones
+    whose rows stay in runs.csv are kept, oldest first, under "history"."""
+    if keep_history and path.exists():
+        try:
+            previous = json.loads(path.read_text())
+        except ValueError:
+            previous = {}
+        if isinstance(previous, dict) and previous:
+            record["history"] = [*previous.pop("history", []), previous]
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -149,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (ResultsExistError, ValueError) as err:
         raise UsageError(str(err)) from err
     record = environment_record(device, suite.name, args.argv)
-    (args.out / "env.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_environment(args.out / "env.json", record, keep_history=args.resume)
 
     todo = [c for c in suite.runs if row_key(c, device.type) not in finished]
     if len(todo) < len(suite.runs):

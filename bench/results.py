@@ -1,6 +1,7 @@
 """runs.csv: long-format rows appended as they are measured, and resuming from it.
 
-One row per measurement: `dataset, model, estimator, kl, k, device, seed, step, metric, value`.
+One row per measurement: `dataset, model, estimator, kl, k, beta, device, seed, step, metric,
+value` (the contract's columns of DESIGN.md plus `beta`, the KL weight).
 A configuration is finished when it has a `run_complete` row; on resume the rows of unfinished
 configurations (a run killed half way) are dropped and those configurations run again.
 """
@@ -14,8 +15,22 @@ from pathlib import Path
 
 from bench.suites import RunConfig
 
-COLUMNS = ("dataset", "model", "estimator", "kl", "k", "device", "seed", "step", "metric", "value")
-KEY_COLUMNS = COLUMNS[:7]
+COLUMNS = (
+    "dataset",
+    "model",
+    "estimator",
+    "kl",
+    "k",
+    "beta",
+    "device",
+    "seed",
+    "step",
+    "metric",
+    "value",
+)
+KEY_COLUMNS = COLUMNS[:8]
+METRIC = COLUMNS.index("metric")
+WITHOUT_BETA = tuple(c for c in COLUMNS if c != "beta")  # the format before β-VAE runs
 COMPLETE = "run_complete"
 DIVERGED = "diverged"
 
@@ -24,8 +39,8 @@ RowKey = tuple[str, ...]
 
 def row_key(config: RunConfig, device: str) -> RowKey:
     """The configuration's identity as it appears (as strings) in the key columns."""
-    d, m, e, kl, k, seed = config.key
-    return (d, m, e, kl, str(k), device, str(seed))
+    d, m, e, kl, k, beta, seed = config.key
+    return (d, m, e, kl, str(k), f"{beta:g}", device, str(seed))
 
 
 class ResultsExistError(FileExistsError):
@@ -76,16 +91,21 @@ class RunsFile:
 
 
 def read_rows(path: Path) -> list[tuple[str, ...]]:
-    """Data rows of a runs.csv (header checked), as tuples of strings."""
+    """Data rows of a runs.csv (header checked), as tuples of strings. A file written before the
+    `beta` column existed is read with beta = 1; a torn last line (a killed run) is dropped."""
     with path.open(newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None:
             return []
+        if tuple(header) == WITHOUT_BETA:
+            at = COLUMNS.index("beta")
+            rows = [(*r[:at], "1", *r[at:]) for r in reader if len(r) == len(WITHOUT_BETA)]
+            return [tuple(r) for r in rows]
         if tuple(header) != COLUMNS:
             raise ValueError(f"{path} has columns {header}; expected {list(COLUMNS)}")
         return [tuple(row) for row in reader if len(row) == len(COLUMNS)]
 
 
 def finished_keys(rows: Iterable[tuple[str, ...]]) -> set[RowKey]:
-    return {tuple(r[: len(KEY_COLUMNS)]) for r in rows if r[8] == COMPLETE}
+    return {tuple(r[: len(KEY_COLUMNS)]) for r in rows if r[METRIC] == COMPLETE}

@@ -50,7 +50,7 @@ def build_estimator(config: RunConfig, input_dim: int, device: torch.device) -> 
     so CPU and GPU runs start from the same parameters)."""
     torch.manual_seed(config.seed)
     model = BernoulliVAE(dataclasses.replace(MODELS[config.model], input_dim=input_dim))
-    estimator = make_estimator(config.estimator, model, config.kl, config.k)
+    estimator = make_estimator(config.estimator, model, config.kl, config.k, config.beta)
     return estimator.to(device)
 
 

@@ -27,6 +27,7 @@ class RunConfig:
     estimator: str = "reparam"
     kl: str = "analytic"
     k: int = 1  # particles (latent samples) per example
+    beta: float = 1.0  # weight of the KL term (β-VAE)
     seed: int = 0
     steps: int = 2000
     batch_size: int = 100
@@ -40,12 +41,13 @@ class RunConfig:
     timed_steps: int = 20  # timed optimiser steps for throughput (median)
 
     @property
-    def key(self) -> tuple[str, str, str, str, int, int]:
+    def key(self) -> tuple[str, str, str, str, int, float, int]:
         """Identifies the configuration in runs.csv (with the device)."""
-        return (self.dataset, self.model, self.estimator, self.kl, self.k, self.seed)
+        return (self.dataset, self.model, self.estimator, self.kl, self.k, self.beta, self.seed)
 
     def label(self) -> str:
-        return f"{self.estimator}/{self.kl}/K={self.k}/seed={self.seed}"
+        beta = f"/beta={self.beta:g}" if self.beta != 1 else ""
+        return f"{self.estimator}/{self.kl}/K={self.k}{beta}/seed={self.seed}"
 
     def checkpoints(self) -> list[int]:
         """0 and `n_checkpoints` log-spaced steps ending at `steps`."""
@@ -170,6 +172,19 @@ def make_suites() -> dict[str, Suite]:
                 nll_examples=500,
             ),
             expected_cpu_minutes=12.0,
+        ),
+        # Rate–distortion: the pathwise and the best score-function estimator across β; the β = 1
+        # runs are `default`'s (skipped by --resume when written into the same directory).
+        "beta": Suite(
+            "beta",
+            "β-VAE sweep, β = 0.25, 0.5, 1, 2, 4: reparam (analytic KL) and score_loo (mc, K=2)"
+            " on mnist5k, seed 0, 3000 steps",
+            tuple(
+                RunConfig(estimator=e, kl=kl, k=k, beta=beta, steps=3000, nll_examples=500)
+                for e, kl, k in (("reparam", "analytic", 1), ("score_loo", "mc", 2))
+                for beta in (0.25, 0.5, 1.0, 2.0, 4.0)
+            ),
+            expected_cpu_minutes=5.0,
         ),
     }
 

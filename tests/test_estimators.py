@@ -44,8 +44,11 @@ def small_batch() -> torch.Tensor:
     return torch.bernoulli(torch.full((3, 6), 0.4, dtype=torch.float64), generator=generator)
 
 
-def quadrature_elbo(model: BernoulliVAE, x: torch.Tensor, n_nodes: int = 40) -> torch.Tensor:
-    """Minibatch-mean ELBO with E_q[log p(x|z)] by tensor-product Gauss–Hermite quadrature."""
+def quadrature_elbo(
+    model: BernoulliVAE, x: torch.Tensor, n_nodes: int = 40, beta: float = 1.0
+) -> torch.Tensor:
+    """Minibatch-mean β-ELBO, E_q[log p(x|z)] − β KL, the expectation by tensor-product
+    Gauss–Hermite quadrature."""
     nodes, weights = np.polynomial.hermite_e.hermegauss(n_nodes)
     weights = weights / math.sqrt(2 * math.pi)
     grid = torch.tensor(np.stack(np.meshgrid(nodes, nodes), -1).reshape(-1, 1, 2))
@@ -53,7 +56,7 @@ def quadrature_elbo(model: BernoulliVAE, x: torch.Tensor, n_nodes: int = 40) -> 
     mean, log_var = model.encode(x)
     z = mean + torch.exp(0.5 * log_var) * grid
     expected_log_lik = (grid_weights * model.log_likelihood(x, z)).sum(0)
-    return (expected_log_lik - model.kl_to_prior(mean, log_var)).mean()
+    return (expected_log_lik - beta * model.kl_to_prior(mean, log_var)).mean()
 
 
 def reference_gradient(model, objective) -> dict[str, torch.Tensor]:
@@ -114,6 +117,24 @@ def test_estimator_is_unbiased_on_small_bernoulli_vae(name, kl, n_particles):
     give_running_baselines_state(estimator)
     reference = reference_gradient(model, lambda: quadrature_elbo(model, x))
     assert_unbiased(estimator, x, reference, seed=2)
+
+
+@pytest.mark.parametrize(("name", "kl", "n_particles"), all_configurations())
+def test_estimator_is_unbiased_for_the_beta_elbo(name, kl, n_particles):
+    """β = 2.5 weights log p(z) − log q(z|x) (or the analytic KL) in every learning signal."""
+    model, x = small_vae(), small_batch()
+    estimator = make_estimator(name, model, kl, n_particles, beta=2.5)
+    give_running_baselines_state(estimator)
+    reference = reference_gradient(model, lambda: quadrature_elbo(model, x, beta=2.5))
+    assert_unbiased(estimator, x, reference, seed=10)
+
+
+@pytest.mark.parametrize("beta", [-1.0, float("nan"), float("inf")])
+def test_bad_beta_is_refused(beta):
+    with pytest.raises(
+        EstimatorError, match="beta \\(the KL weight\\) must be a finite number >= 0"
+    ):
+        make_estimator("reparam", small_vae(), beta=beta)
 
 
 @pytest.mark.parametrize(("name", "kl", "n_particles"), all_configurations())

@@ -11,12 +11,15 @@ import pytest
 import torch
 
 from bench.__main__ import main
-from bench.results import COLUMNS, RunsFile, read_rows
+from bench.results import COLUMNS, KEY_COLUMNS, RunsFile, read_rows
 from bench.runner import run_configuration
 from bench.suites import RunConfig, get_suite
 from vae_core.data import load_dataset
 from vae_core.estimators import REGISTRY, EstimatorOutput
 from vae_core.estimators.pathwise import Reparam
+
+KEY = len(KEY_COLUMNS)
+STEP, METRIC, VALUE = (COLUMNS.index(c) for c in ("step", "metric", "value"))
 
 CHECKPOINT_METRICS = {
     "elbo_train",
@@ -49,7 +52,7 @@ def quick_results(tmp_path_factory) -> Path:
 def rows_by_config(path: Path) -> dict[tuple[str, ...], list[tuple[str, ...]]]:
     configs: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
     for row in read_rows(path):
-        configs.setdefault(row[:7], []).append(row)
+        configs.setdefault(row[:KEY], []).append(row)
     return configs
 
 
@@ -65,8 +68,8 @@ def test_quick_suite_writes_every_metric_for_every_configuration(quick_results):
     for key, rows in configs.items():
         by_step: dict[int, set[str]] = {}
         for row in rows:
-            by_step.setdefault(int(row[7]), set()).add(row[8])
-            assert math.isfinite(float(row[9])), row
+            by_step.setdefault(int(row[STEP]), set()).add(row[METRIC])
+            assert math.isfinite(float(row[VALUE])), row
         assert sorted(by_step) == checkpoints, key
         for step in checkpoints:
             assert CHECKPOINT_METRICS <= by_step[step], (key, step)
@@ -98,8 +101,8 @@ def test_pathwise_beats_plain_score_function_in_quick_suite(quick_results):
     far lower encoder variance than REINFORCE without a baseline."""
     final = {}
     for row in read_rows(quick_results / "runs.csv"):
-        if row[8] == "grad_var_encoder" and row[7] == "200":
-            final[row[2], row[3]] = float(row[9])
+        if row[METRIC] == "grad_var_encoder" and row[STEP] == "200":
+            final[row[2], row[3]] = float(row[VALUE])
     assert final["reparam", "analytic"] * 100 < final["score", "analytic"]
 
 
@@ -121,25 +124,27 @@ def test_resume_skips_finished_and_reruns_the_interrupted(tmp_path, capsys):
     configs = rows_by_config(path)
     (first, first_rows), (second, _) = list(configs.items())[:2]
     # Simulate a kill during the second configuration: half its rows and a torn last line.
-    kept = first_rows + [r for r in rows if r[:7] == second][:10]
-    kept += [r for r in rows if r[:7] not in (first, second)]
+    kept = first_rows + [r for r in rows if r[:KEY] == second][:10]
+    kept += [r for r in rows if r[:KEY] not in (first, second)]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
         writer.writerows(kept)
-        handle.write("mnist5k,mlp500,stl")
+        handle.write("mnist5k,mlp500,stl")  # a torn last line
     capsys.readouterr()
 
     assert main([*args, "--resume"]) == 0
     assert "resuming: 2 finished configurations skipped" in capsys.readouterr().err
+    record = json.loads((tmp_path / "env.json").read_text())
+    assert "--resume" in record["command"] and "--resume" not in record["history"][0]["command"]
     after = rows_by_config(path)
     assert after[first] == first_rows  # untouched
-    assert sum(r[8] == "run_complete" for r in after[second]) == 1
+    assert sum(r[METRIC] == "run_complete" for r in after[second]) == 1
     assert len(after) == 3
 
 
 def test_existing_results_are_never_overwritten_silently(tmp_path, capsys):
-    (tmp_path / "runs.csv").write_text(",".join(COLUMNS) + "\n" + "x," * 9 + "1\n")
+    (tmp_path / "runs.csv").write_text(",".join(COLUMNS) + "\n" + "x," * (len(COLUMNS) - 1) + "1\n")
     assert main(["run", "--suite", "quick", "--device", "cpu", "--out", str(tmp_path)]) == 2
     assert "pass --resume" in capsys.readouterr().err
 
@@ -182,12 +187,34 @@ def test_divergence_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch, cap
     assert "nan_test/analytic/K=1/seed=0: diverged at step 4" in capsys.readouterr().err
     configs = rows_by_config(tmp_path / "runs.csv")
     diverged = next(rows for key, rows in configs.items() if key[2] == "nan_test")
-    assert {r[8] for r in diverged if r[8] in ("diverged", "run_complete")} == {
+    assert {r[METRIC] for r in diverged if r[METRIC] in ("diverged", "run_complete")} == {
         "diverged",
         "run_complete",
     }
     stl = next(rows for key, rows in configs.items() if key[2] == "stl")
-    assert any(r[8] == "nll_test" for r in stl)
+    assert any(r[METRIC] == "nll_test" for r in stl)
+
+
+def test_runs_csv_from_before_the_beta_column_resumes_with_beta_1(tmp_path):
+    old_columns = [c for c in COLUMNS if c != "beta"]
+    old_row = [
+        "mnist5k",
+        "mlp500",
+        "reparam",
+        "analytic",
+        "1",
+        "cpu",
+        "0",
+        "3",
+        "run_complete",
+        "1",
+    ]
+    with (tmp_path / "runs.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([old_columns, old_row])
+    runs, finished = RunsFile.open(tmp_path, resume=True, overwrite=False)
+    assert finished == {("mnist5k", "mlp500", "reparam", "analytic", "1", "1", "cpu", "0")}
+    assert read_rows(runs.path) == [(*old_row[:5], "1", *old_row[5:])]
+    assert (tmp_path / "runs.csv").read_text().splitlines()[0] == ",".join(COLUMNS)
 
 
 def test_same_command_gives_the_same_numbers_on_cpu(tmp_path):
@@ -214,7 +241,7 @@ def test_same_command_gives_the_same_numbers_on_cpu(tmp_path):
             "work_var_encoder",
             "work_var_decoder",
         )
-        values.append([r for r in read_rows(runs.path) if r[8] not in timing])
+        values.append([r for r in read_rows(runs.path) if r[METRIC] not in timing])
     assert values[0] == values[1]
 
 

@@ -48,20 +48,22 @@ def gauss_hermite(n_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(nodes), torch.tensor(weights / math.sqrt(2 * math.pi))
 
 
-def node_log_weights(model: BernoulliVAE, x: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
-    """log w = log p(x, z) − log q(z|x) at z = μ + σ ε_i for every node: shape (n, M)."""
+def node_log_weights(
+    model: BernoulliVAE, x: torch.Tensor, nodes: torch.Tensor, beta: float = 1.0
+) -> torch.Tensor:
+    """log w = log p(x|z) + β(log p(z) − log q(z|x)) at z = μ + σ ε_i per node: shape (n, M)."""
     mean, log_var = model.encode(x)
     z = mean + torch.exp(0.5 * log_var) * nodes.view(-1, 1, 1)
     log_q = diag_gaussian_log_density(z, mean, log_var)
-    return model.log_likelihood(x, z) + model.log_prior(z) - log_q
+    return model.log_likelihood(x, z) + beta * (model.log_prior(z) - log_q)
 
 
 def quadrature_iwae_bound(
-    model: BernoulliVAE, x: torch.Tensor, k: int, n_nodes: int = QUADRATURE_NODES
+    model: BernoulliVAE, x: torch.Tensor, k: int, n_nodes: int = QUADRATURE_NODES, beta: float = 1.0
 ) -> torch.Tensor:
     """Minibatch-mean L_K: E over K independent ε of log (1/K) Σ_k w_k, on the n^K product grid."""
     nodes, weights = gauss_hermite(n_nodes)
-    log_w = node_log_weights(model, x, nodes)
+    log_w = node_log_weights(model, x, nodes, beta)
     axis_shapes = [[n_nodes if j == i else 1 for j in range(k)] for i in range(k)]
     per_axis = [log_w.view(*shape, -1) for shape in axis_shapes]  # log w_i on grid axis i
     bound = torch.logsumexp(torch.stack(torch.broadcast_tensors(*per_axis)), 0) - math.log(k)
@@ -133,6 +135,16 @@ def test_estimator_is_unbiased_for_the_iwae_bound(name, k):
     model, x = one_latent_vae(), small_batch()
     reference = reference_gradient(model, lambda: quadrature_iwae_bound(model, x, k))
     assert_unbiased(make_estimator(name, model, "mc", k), x, reference, seed=2)
+
+
+@pytest.mark.parametrize("name", ["iwae", "dreg", "vimco"])
+@pytest.mark.parametrize("beta", [0.3, 2.0])
+def test_estimator_is_unbiased_for_the_beta_weighted_iwae_bound(name, beta):
+    """With log w = log p(x|z) + β(log p(z) − log q(z|x)); for dreg the path weight generalises
+    from w̃² to w̃(1 − β + β w̃) (derivation in its docstring)."""
+    model, x = one_latent_vae(), small_batch()
+    reference = reference_gradient(model, lambda: quadrature_iwae_bound(model, x, 3, beta=beta))
+    assert_unbiased(make_estimator(name, model, "mc", 3, beta=beta), x, reference, seed=11)
 
 
 def test_iwae_stl_is_biased_for_k_above_one():

@@ -16,10 +16,14 @@ buffers and changes only in `update_state`, never in `forward`.
 Multi-sample estimators (`objective = "iwae"`, see `multisample`) target instead the K-sample
 importance-weighted bound L_K = E[log (1/K) Σ_k w_k] (Burda et al. 2016), which equals the ELBO at
 K = 1 and tightens with K; for them `elbo` is the per-example estimate of L_K.
+
+Every estimator takes a KL weight β (β-VAE; Higgins et al. 2017), default 1: the objective becomes
+E_q[log p(x|z)] − β KL, i.e. log p(z) − log q(z|x) is weighted by β inside every log weight.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -61,12 +65,19 @@ class Estimator(nn.Module):
     unsupported_reason: ClassVar[dict[str, str]] = {}  # KL mode → why it is refused
     objective: ClassVar[str] = "elbo"  # what the gradient estimates: "elbo", or "iwae" (L_K)
 
-    def __init__(self, model: GaussianLatentModel, kl: str = "analytic", n_particles: int = 1):
+    def __init__(
+        self,
+        model: GaussianLatentModel,
+        kl: str = "analytic",
+        n_particles: int = 1,
+        beta: float = 1.0,
+    ):
         super().__init__()
-        check_options(type(self), kl, n_particles)
+        check_options(type(self), kl, n_particles, beta)
         self.model = model
         self.kl = kl
         self.n_particles = n_particles
+        self.beta = float(beta)
 
     def sample_noise(
         self, batch_size: int, generator: torch.Generator | None = None
@@ -103,10 +114,10 @@ class Estimator(nn.Module):
         `encoder_grad_scale` multiplies every gradient that reaches φ through (μ, log σ²),
         leaving the forward values unchanged.
 
-        Returns (f, kl_analytic, log_q): f is the learning signal per
-        sample, shape (K, M): log p(x|z) with kl='analytic', log p(x|z) + log p(z) − log q(z|x)
-        with kl='mc'. kl_analytic is KL(q‖p) per example (zeros with kl='mc'); log_q is
-        log q(z|x) with gradients to φ through the density (not through z when `stop_path`).
+        Returns (f, kl_analytic, log_q): f is the learning signal per sample, shape (K, M):
+        log p(x|z) with kl='analytic', `log_weight` (log p(x|z) + β(log p(z) − log q(z|x))) with
+        kl='mc'. kl_analytic is β·KL(q‖p) per example (zeros with kl='mc'); log_q is log q(z|x)
+        with gradients to φ through the density (not through z when `stop_path`).
         """
         mean, log_var = self.model.encode(x)
         if encoder_grad_scale is not None:
@@ -115,16 +126,20 @@ class Estimator(nn.Module):
         if stop_path:
             z = z.detach()
         log_q = diag_gaussian_log_density(z, mean, log_var)
-        f = self.model.log_likelihood(x, z)
         if self.kl == "mc":
-            f = f + self.model.log_prior(z) - log_q
+            f = self.log_weight(x, z, log_q)
             kl_analytic = torch.zeros_like(mean[..., 0])
         else:
-            kl_analytic = self.model.kl_to_prior(mean, log_var)
+            f = self.model.log_likelihood(x, z)
+            kl_analytic = self.beta * self.model.kl_to_prior(mean, log_var)
         return f, kl_analytic, log_q
 
+    def log_weight(self, x: torch.Tensor, z: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) + β (log p(z) − log q(z|x)): the β-ELBO's integrand (log w at β = 1)."""
+        return self.model.log_likelihood(x, z) + self.beta * (self.model.log_prior(z) - log_q)
+
     def elbo_per_example(self, f: torch.Tensor, kl_analytic: torch.Tensor) -> torch.Tensor:
-        """Detached ELBO estimate per example: mean_k f_k − KL (KL zero in mc mode)."""
+        """Detached objective estimate per example: mean_k f_k − β KL (KL zero in mc mode)."""
         return (f.mean(0) - kl_analytic).detach()
 
 
@@ -133,8 +148,10 @@ def scale_gradient(tensor: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return tensor.detach() + (tensor - tensor.detach()) * scale
 
 
-def check_options(cls: type[Estimator], kl: str, n_particles: int) -> None:
+def check_options(cls: type[Estimator], kl: str, n_particles: int, beta: float = 1.0) -> None:
     """Raise EstimatorError naming what is wrong and what is valid."""
+    if not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta < 0:
+        raise EstimatorError(f"beta (the KL weight) must be a finite number >= 0, got {beta!r}")
     if kl not in KL_MODES:
         raise EstimatorError(f"unknown KL mode {kl!r}; valid: {', '.join(KL_MODES)}")
     if kl not in cls.kl_modes:
@@ -167,9 +184,13 @@ def register(name: str) -> Callable[[type[Estimator]], type[Estimator]]:
 
 
 def make_estimator(
-    name: str, model: GaussianLatentModel, kl: str = "analytic", n_particles: int = 1
+    name: str,
+    model: GaussianLatentModel,
+    kl: str = "analytic",
+    n_particles: int = 1,
+    beta: float = 1.0,
 ) -> Estimator:
     """Build a registered estimator; unknown names and unsupported options get a clear error."""
     if name not in REGISTRY:
         raise EstimatorError(f"unknown estimator {name!r}; valid: {', '.join(REGISTRY)}")
-    return REGISTRY[name](model, kl=kl, n_particles=n_particles)
+    return REGISTRY[name](model, kl=kl, n_particles=n_particles, beta=beta)

@@ -40,6 +40,6 @@ class StickingTheLanding(Estimator):
         mean, log_var = self.model.encode(x)
         z = mean + torch.exp(0.5 * log_var) * noise
         log_q_stopped = diag_gaussian_log_density(z, mean.detach(), log_var.detach())
-        f = self.model.log_likelihood(x, z) + self.model.log_prior(z) - log_q_stopped
+        f = self.log_weight(x, z, log_q_stopped)
         objective = f.mean(0)
         return EstimatorOutput(objective.mean(), objective.detach(), f.detach())

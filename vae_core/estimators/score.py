@@ -45,8 +45,14 @@ class ScoreMovingAverage(Estimator):
     summary = "score function with a moving-average baseline"
     decay = 0.9
 
-    def __init__(self, model: GaussianLatentModel, kl: str = "analytic", n_particles: int = 1):
-        super().__init__(model, kl, n_particles)
+    def __init__(
+        self,
+        model: GaussianLatentModel,
+        kl: str = "analytic",
+        n_particles: int = 1,
+        beta: float = 1.0,
+    ):
+        super().__init__(model, kl, n_particles, beta)
         self.register_buffer("baseline", torch.zeros(()))
         self.register_buffer("n_updates", torch.zeros((), dtype=torch.long))
 
@@ -77,8 +83,14 @@ class ScoreNVIL(Estimator):
     decay = 0.8
     baseline_hidden = 100
 
-    def __init__(self, model: GaussianLatentModel, kl: str = "analytic", n_particles: int = 1):
-        super().__init__(model, kl, n_particles)
+    def __init__(
+        self,
+        model: GaussianLatentModel,
+        kl: str = "analytic",
+        n_particles: int = 1,
+        beta: float = 1.0,
+    ):
+        super().__init__(model, kl, n_particles, beta)
         reference = next(model.parameters())
         self.baseline_net = mlp([model.input_dim, self.baseline_hidden, 1], "tanh").to(reference)
         self.register_buffer("signal_mean", torch.zeros(()))
