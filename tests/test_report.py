@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 from pathlib import Path
@@ -22,74 +23,105 @@ from bench.report import (
     toy_plot,
     write_report,
 )
+from bench.report.plots import Look
 
 STEPS = (0, 10, 100, 1000)
 # Final test ELBO (nats) and encoder gradient variance (nats²) per estimator: stl best, score worst.
-FINAL_ELBO = {"reparam": -97.0, "stl": -96.0, "score": -160.0}
-ENCODER_VARIANCE = {"reparam": 50.0, "stl": 20.0, "score": 4.0e5}
-GRAD_SECONDS = {"reparam": 2.0e-3, "stl": 2.5e-3, "score": 1.5e-3}
+FINAL_ELBO = {"reparam": -97.0, "stl": -96.0, "score": -160.0, "iwae": -98.5, "iwae_stl": -99.0}
+ENCODER_VARIANCE = {"reparam": 50.0, "stl": 20.0, "score": 4.0e5, "iwae": 60.0, "iwae_stl": 30.0}
+GRAD_SECONDS = {
+    "reparam": 2.0e-3,
+    "stl": 2.5e-3,
+    "score": 1.5e-3,
+    "iwae": 2.2e-3,
+    "iwae_stl": 2.4e-3,
+}
 DIVERGED = ("score", "mc", 1, 100)  # estimator, kl, seed, step
+BASE_ESTIMATORS = ("reparam", "stl", "score")
+RUN_COLUMNS = REQUIRED_COLUMNS[:5] + ("beta",) + REQUIRED_COLUMNS[5:]  # the harness's, with β
 
 
 def synthetic_rows(
-    estimators: tuple[str, ...] = ("reparam", "stl", "score"),
+    estimators: tuple[str, ...] = BASE_ESTIMATORS,
     kls: tuple[str, ...] = ("analytic", "mc"),
     seeds: tuple[int, ...] = (0, 1),
     device: str = "cpu",
     diverged: tuple[str, str, int, int] | None = DIVERGED,
+    ks: tuple[int, ...] = (1,),
+    betas: tuple[float, ...] = (1.0,),
+    rate: bool = True,
 ) -> list[tuple]:
-    """Long-format rows as the harness appends them: checkpoints, finals, divergence, completion."""
+    """Long-format rows (RUN_COLUMNS) as the harness appends them: checkpoints, finals,
+    divergence, completion. K lowers the (K = 1) test ELBO by log K but the NLL by 2 log K, as an
+    IWAE bound does; β ≠ 1 costs 3|log β| nats of ELBO and moves rate ∝ 1/√β."""
     rows = []
-    for estimator in estimators:
-        for kl_index, kl in enumerate(kls):
-            for seed in seeds:
-                key = ("mnist5k", "mlp500", estimator, kl, 1, device, seed)
-                slowdown = (1 + kl_index) * (0.2 if device == "cuda" else 1.0)
-                final = FINAL_ELBO[estimator] - 0.4 * kl_index + 0.3 * seed
-                stop = diverged[3] if diverged and diverged[:3] == (estimator, kl, seed) else None
-                for step in STEPS:
-                    if stop is not None and step > stop:
-                        break
-                    if step == stop:
-                        rows.append((*key, step, "diverged", 1.0))
-                        rows.append((*key, step, "run_complete", 1.0))
-                        break
-                    progress = math.log1p(step) / math.log1p(STEPS[-1])
-                    elbo = -543.0 + (final + 543.0) * progress
-                    variance = ENCODER_VARIANCE[estimator] * (1 + kl_index) * (2.0 - progress)
-                    metrics = {
-                        "elbo_train": elbo + 1.0,
-                        "elbo_test": elbo,
-                        "grad_var_encoder": variance * (1 + 0.1 * seed),
-                        "grad_var_decoder": 900.0 * (2.0 - progress),
-                        "grad_sqnorm_encoder": 10.0,
-                        "grad_sqnorm_decoder": 300.0,
-                        "snr_encoder": 0.5 / (1 + variance / 100),
-                        "snr_decoder": 0.7,
-                        "train_seconds": 2.0 * step * GRAD_SECONDS[estimator] * slowdown,
-                    }
-                    rows += [(*key, step, m, v) for m, v in metrics.items()]
-                if stop is not None:
-                    continue
-                finals = {
-                    "nll_test": -final - 4.0,
-                    "nll_samples": 1000,
-                    "throughput": (25_000.0 if device == "cpu" else 400_000.0) / (1 + kl_index),
-                    "grad_seconds": GRAD_SECONDS[estimator],
-                    "work_var_encoder": variance * GRAD_SECONDS[estimator],
-                    "work_var_decoder": 900.0 * GRAD_SECONDS[estimator],
-                    "grad_draws": 100,
-                    "grad_batched": 1,
-                    "run_complete": 1.0,
-                }
-                rows += [(*key, STEPS[-1], m, v) for m, v in finals.items()]
+    for estimator, (kl_index, kl), seed, k, beta in itertools.product(
+        estimators, enumerate(kls), seeds, ks, betas
+    ):
+        key = ("mnist5k", "mlp500", estimator, kl, k, beta, device, seed)
+        slowdown = (1 + kl_index) * (0.2 if device == "cuda" else 1.0)
+        base = FINAL_ELBO[estimator] - 0.4 * kl_index + 0.3 * seed
+        final = base - math.log(k) - 3.0 * abs(math.log(beta))
+        stop = diverged[3] if diverged and diverged[:3] == (estimator, kl, seed) else None
+        for step in STEPS:
+            if stop is not None and step > stop:
+                break
+            if step == stop:
+                rows.append((*key, step, "diverged", 1.0))
+                rows.append((*key, step, "run_complete", 1.0))
+                break
+            progress = math.log1p(step) / math.log1p(STEPS[-1])
+            elbo = -543.0 + (final + 543.0) * progress
+            variance = ENCODER_VARIANCE[estimator] * (1 + kl_index) * (2.0 - progress)
+            metrics = {
+                "elbo_train": elbo + 1.0,
+                "elbo_test": elbo,
+                "grad_var_encoder": variance * (1 + 0.1 * seed),
+                "grad_var_decoder": 900.0 * (2.0 - progress),
+                "grad_sqnorm_encoder": 10.0,
+                "grad_sqnorm_decoder": 300.0,
+                "snr_encoder": 0.5 / (1 + variance / 100) / math.sqrt(k) * (1 + 0.1 * seed),
+                "snr_decoder": 0.7 * math.sqrt(k) * (1 + 0.1 * seed),
+                "train_seconds": 2.0 * step * GRAD_SECONDS[estimator] * slowdown,
+            }
+            if rate:
+                metrics["rate_test"] = 0.5 + 25.0 / math.sqrt(beta) * progress
+                metrics["distortion_test"] = -elbo - metrics["rate_test"]
+            rows += [(*key, step, m, v) for m, v in metrics.items()]
+        if stop is not None:
+            continue
+        finals = {
+            "nll_test": -base - 4.0 - 2.0 * math.log(k) + 1.5 * abs(math.log(beta)),
+            "nll_samples": 1000,
+            "throughput": (25_000.0 if device == "cpu" else 400_000.0) / (1 + kl_index) / k,
+            "grad_seconds": GRAD_SECONDS[estimator],
+            "work_var_encoder": variance * GRAD_SECONDS[estimator],
+            "work_var_decoder": 900.0 * GRAD_SECONDS[estimator],
+            "grad_draws": 100,
+            "grad_batched": 1,
+            "run_complete": 1.0,
+        }
+        rows += [(*key, STEPS[-1], m, v) for m, v in finals.items()]
     return rows
 
 
-def write_results(out: Path, rows: list[tuple] | None = None, gpu: bool = False) -> Path:
-    """A results directory: runs.csv (+ gpu/runs.csv) and env.json (+ gpu/env.json)."""
+def extended_rows() -> list[tuple]:
+    """The synthetic runs plus multi-sample estimators at K = 1, 5 (kl mc) and reparam (analytic)
+    at β = 0.5 and 4: every setting the newer harness varies. iwae at K = 5 has the best NLL."""
+    return (
+        synthetic_rows()
+        + synthetic_rows(("iwae", "iwae_stl"), kls=("mc",), ks=(1, 5), diverged=None)
+        + synthetic_rows(("reparam",), kls=("analytic",), betas=(0.5, 4.0), diverged=None)
+    )
+
+
+def write_results(
+    out: Path, rows: list[tuple] | None = None, gpu: bool = False, beta_column: bool = False
+) -> Path:
+    """A results directory: runs.csv (+ gpu/runs.csv) and env.json (+ gpu/env.json); without
+    `beta_column` runs.csv has the older harness's columns (REQUIRED_COLUMNS, no beta)."""
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "runs.csv", synthetic_rows() if rows is None else rows)
+    write_csv(out / "runs.csv", synthetic_rows() if rows is None else rows, beta_column)
     env = {"torch": "2.13.0", "device": "cpu", "device_name": "Test CPU", "threads": 2}
     (out / "env.json").write_text(json.dumps({**env, "git_commit": "abc1234", "time": "now"}))
     if gpu:
@@ -100,11 +132,17 @@ def write_results(out: Path, rows: list[tuple] | None = None, gpu: bool = False)
     return out
 
 
-def write_csv(path: Path, rows: list[tuple], columns: tuple[str, ...] = REQUIRED_COLUMNS) -> None:
+def write_csv(
+    path: Path, rows: list[tuple], beta_column: bool = False, drop: tuple[str, ...] = ()
+) -> None:
+    """rows (RUN_COLUMNS) as a runs.csv, without the beta column unless asked, and without the
+    columns named in `drop`."""
+    columns = [c for c in RUN_COLUMNS if (beta_column or c != "beta") and c not in drop]
+    keep = [RUN_COLUMNS.index(c) for c in columns]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
-        writer.writerows(rows)
+        writer.writerows([row[i] for i in keep] for row in rows)
 
 
 def report_args(out: Path, *extra: str) -> argparse.Namespace:
@@ -121,6 +159,13 @@ def reported(tmp_path_factory) -> tuple[Path, list[Path]]:
         cheap_toy(patch)
         written = write_report(out, toy=True)
     return out, written
+
+
+@pytest.fixture(scope="module")
+def extended(tmp_path_factory) -> tuple[Path, list[Path]]:
+    """One report (no toy plot) of `extended_rows`, written with the beta column."""
+    out = write_results(tmp_path_factory.mktemp("extended"), extended_rows(), beta_column=True)
+    return out, write_report(out, toy=False)
 
 
 def cheap_toy(patch: pytest.MonkeyPatch) -> None:
@@ -143,10 +188,11 @@ def test_summary_names_every_estimator_with_no_empty_or_nan_cell(reported):
     out, _ = reported
     summary = (out / "summary.md").read_text()
     rows = table_rows(summary)[1:]  # without the header
-    assert {row[0].strip("*") for row in rows} == set(FINAL_ELBO)
-    assert len(rows) == len(FINAL_ELBO) * 2  # estimator × KL mode
+    assert {row[0].strip("*") for row in rows} == set(BASE_ESTIMATORS)
+    assert len(rows) == len(BASE_ESTIMATORS) * 2  # estimator × KL mode
     assert all(cell for row in rows for cell in row)
     assert "nan" not in summary.lower()
+    assert "plots/snr_vs_k.png`: skipped" in summary  # K fixed per estimator
 
 
 def test_summary_marks_the_diverged_configuration(reported):
@@ -178,10 +224,18 @@ def test_variance_relative_to_reparam_with_the_same_kl(reported):
         assert table.loc[("stl", kl), "grad_var_encoder_rel"] == pytest.approx(expected)
 
 
-def test_all_six_plots_written_and_non_empty(reported):
-    out, written = reported
+@pytest.mark.parametrize(
+    ("results", "without"), [("reported", "snr_vs_k"), ("extended", "toy_variance")]
+)
+def test_every_plot_with_data_is_written_and_non_empty(results, without, request):
+    """The base runs have one K per estimator (no SNR-vs-K plot); the extended report is drawn
+    without the toy plot."""
+    out, written = request.getfixturevalue(results)
     for name in report.PLOT_NAMES:
         path = out / "plots" / f"{name}.png"
+        if name == without:
+            assert path not in written and not path.exists()
+            continue
         assert path in written
         assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 10_000
 
@@ -245,8 +299,7 @@ def test_empty_runs_csv_returns_2(tmp_path, capsys):
 
 
 def test_missing_column_raises_naming_it(tmp_path, capsys):
-    columns = tuple(c for c in REQUIRED_COLUMNS if c != "kl")
-    write_csv(tmp_path / "runs.csv", [r[:3] + r[4:] for r in synthetic_rows()], columns)
+    write_csv(tmp_path / "runs.csv", synthetic_rows(), drop=("kl",))
     with pytest.raises(ValueError, match=r"lacks column\(s\) kl;"):
         load_runs(tmp_path)
     assert main_report(report_args(tmp_path)) == 2
@@ -263,13 +316,13 @@ def test_main_report_succeeds(tmp_path, capsys):
 
 def test_repeated_measurement_keeps_the_last_and_a_cut_line_is_dropped(tmp_path):
     rows = synthetic_rows()
-    repeat = next(r for r in rows if r[8] == "nll_test")
-    out = write_results(tmp_path, rows + [(*repeat[:9], 123.0)])
+    repeat = next(r for r in rows if r[9] == "nll_test")
+    out = write_results(tmp_path, rows + [(*repeat[:10], 123.0)])
     with (out / "runs.csv").open("a") as handle:
         handle.write("mnist5k,mlp500,stl,analytic,1,cpu")  # the harness was killed mid-line
     runs = load_runs(out)
     assert len(runs) == len(rows)
-    key = pd.Series(repeat[:9], index=list(REQUIRED_COLUMNS[:9]))
+    key = pd.Series(repeat[:10], index=list(RUN_COLUMNS[:10]))
     same = runs[(runs[key.index] == key).all(axis=1)]
     assert same["value"].tolist() == [123.0]
 
@@ -286,6 +339,128 @@ def test_no_toy_keeps_an_existing_toy_plot_linked(tmp_path):
     assert "![toy_variance](plots/toy_variance.png)" in summary
 
 
+def test_runs_without_a_beta_column_load_with_beta_1(reported):
+    out, _ = reported
+    assert "beta" not in (out / "runs.csv").read_text().splitlines()[0]
+    runs = load_runs(out)
+    assert runs["beta"].dtype == float and set(runs["beta"]) == {1.0}
+    assert set(summary_table(runs)["beta"]) == {1.0}
+
+
+def test_beta_column_appears_only_when_beta_varies(reported, extended):
+    base_header = table_rows((reported[0] / "summary.md").read_text())[0]
+    header = table_rows((extended[0] / "summary.md").read_text())[0]
+    assert "β" not in base_header
+    assert header[:4] == ["estimator", "KL", "K", "β"]
+    cells = {tuple(row[:4]) for row in table_rows((extended[0] / "summary.md").read_text())}
+    assert {("reparam", "analytic", "1", b) for b in ("0.5", "1", "4")} <= cells
+
+
+def test_malformed_beta_raises_naming_the_column(tmp_path):
+    rows = [(*r[:5], "high", *r[6:]) if i == 3 else r for i, r in enumerate(synthetic_rows())]
+    write_csv(tmp_path / "runs.csv", rows, beta_column=True)
+    with pytest.raises(ValueError, match="column beta must hold numbers, found 'high'"):
+        load_runs(tmp_path)
+
+
+def test_rate_and_distortion_follow_the_test_elbo(extended):
+    out, _ = extended
+    table = summary_table(load_runs(out))
+    healthy = table[table["finished"] > 0]
+    assert healthy["rate_test_mean"].notna().all()
+    total = healthy["rate_test_mean"] + healthy["distortion_test_mean"]
+    assert total.tolist() == pytest.approx((-healthy["elbo_test_mean"]).tolist())
+    rows = table_rows((out / "summary.md").read_text())
+    header = rows[0]
+    elbo = header.index("test ELBO (nats)")
+    assert header[elbo + 1 : elbo + 3] == ["rate (nats)", "distortion (nats)"]
+    reparam_beta4 = next(r for r in rows if r[:4] == ["reparam", "analytic", "1", "4"])
+    assert float(reparam_beta4[elbo + 1]) == pytest.approx(0.5 + 25.0 / 2, abs=0.05)
+
+
+def test_rows_sorted_by_nll_when_every_healthy_row_has_it(extended):
+    out, _ = extended
+    runs = load_runs(out)
+    table = summary_table(runs)
+    assert set(table["ranked_by"]) == {"nll_test"}
+    first = table.iloc[0]
+    assert (first["estimator"], first["k"]) == ("iwae", 5)  # best NLL, though not best ELBO
+    assert first["elbo_test_mean"] < table["elbo_test_mean"].max()
+    healthy = table[table["diverged"] == 0]["nll_test_mean"]
+    assert healthy.is_monotonic_increasing
+    summary = (out / "summary.md").read_text()
+    assert "Best final test NLL: **iwae** (KL mc, K=5, β=1), " in summary
+    assert "rows sorted by test NLL, lowest first" in summary
+    # One healthy row without an NLL: back to the test ELBO, highest first.
+    no_nll = (runs["estimator"] == "stl") & (runs["kl"] == "mc") & (runs["metric"] == "nll_test")
+    table = summary_table(runs[~no_nll])
+    assert set(table["ranked_by"]) == {"elbo_test"}
+    assert (table.iloc[0]["estimator"], table.iloc[0]["kl"]) == ("stl", "analytic")
+
+
+def test_multisample_rows_compare_variance_with_reparam_mc_at_k_1(extended):
+    out, _ = extended
+    table = summary_table(load_runs(out)).set_index(["estimator", "kl", "k", "beta"])
+    reparam = table.loc[("reparam", "mc", 1, 1.0), "grad_var_encoder"]
+    for k in (1, 5):
+        row = table.loc[("iwae", "mc", k, 1.0)]
+        assert row["grad_var_encoder_rel"] == pytest.approx(row["grad_var_encoder"] / reparam)
+    assert table.loc[("reparam", "analytic", 1, 4.0), "grad_var_encoder_rel"] == pytest.approx(1)
+    summary = (out / "summary.md").read_text()
+    assert "and β (else 1) at K = 1, for K-sample rows too" in summary
+
+
+def test_iwae_stl_is_marked_biased_for_k_above_1(extended):
+    rows = table_rows((extended[0] / "summary.md").read_text())
+    marked = {(row[0].replace("*", ""), *row[1:3]) for row in rows if "iwae_stl" in row[0]}
+    assert marked == {("iwae_stl", "mc", "1"), ("iwae_stl (biased for K > 1)", "mc", "5")}
+
+
+def test_multisample_note_says_nll_is_the_fair_comparison(reported, extended):
+    note = "the test ELBO is the standard (K = 1) ELBO of the trained model"
+    assert note in (extended[0] / "summary.md").read_text()
+    assert note not in (reported[0] / "summary.md").read_text()
+
+
+def test_series_labels_show_k_and_beta_only_where_they_vary(extended):
+    look = Look(load_runs(extended[0]))
+    assert look.label("stl", 1, 1.0) == "stl"
+    assert look.label("iwae", 5, 1.0) == "iwae K=5"
+    assert look.label("reparam", 1, 4.0) == "reparam β=4"
+    assert look.label("reparam", 1, None) == "reparam"
+    assert look.series_colour("reparam", 1, 0.5) != look.series_colour("reparam", 1, 4.0)
+
+
+def test_sweep_plots_skipped_with_reasons_without_their_data(reported, tmp_path):
+    summary = (reported[0] / "summary.md").read_text()
+    assert "`plots/snr_vs_k.png`: skipped: no estimator was run with two or more values of K" in (
+        summary
+    )
+    assert "![rate_distortion](plots/rate_distortion.png)" in summary
+    out = write_results(tmp_path, synthetic_rows(seeds=(0,), diverged=None, rate=False))
+    write_report(out, toy=False)
+    summary = (out / "summary.md").read_text()
+    assert "`plots/rate_distortion.png`: skipped: no finished run with rate_test" in summary
+    assert not (out / "plots" / "rate_distortion.png").exists()
+    rows = table_rows(summary)
+    rate = rows[0].index("rate (nats)")
+    assert {row[rate] for row in rows[1:]} == {"—"}
+
+
+def test_sweep_plots_are_linked_when_drawn(extended):
+    summary = (extended[0] / "summary.md").read_text()
+    assert "Rainforth et al. (2018) predict" in summary
+    assert "![snr_vs_k](plots/snr_vs_k.png)" in summary
+    assert "![rate_distortion](plots/rate_distortion.png)" in summary
+
+
+def test_extended_report_is_byte_identical_when_rerun(extended):
+    out, written = extended
+    before = {path: path.read_bytes() for path in written}
+    assert write_report(out, toy=False) == written
+    assert all(path.read_bytes() == before[path] for path in written)
+
+
 def test_report_on_the_quick_suite_output(tmp_path):
     """The harness's own output (`python -m bench run --suite quick --device cpu`, committed in
     tests/fixtures/quick): every estimator in the table, no empty or NaN cell."""
@@ -300,3 +475,4 @@ def test_report_on_the_quick_suite_output(tmp_path):
     assert {row[0].strip("*") for row in rows} == estimators
     assert all(cell for row in rows for cell in row)
     assert "nan" not in summary.lower()
+    assert "plots/snr_vs_k.png`: skipped" in summary  # K fixed per estimator

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.report.plots import Look, figure, figure_legend, save, series_of, where
+from bench.report.plots import SERIES, Look, figure, figure_legend, save, series_of, where
 from bench.report.runs import GROUP, ROW
 from bench.report.tables import group_title, sig
 
@@ -68,12 +68,12 @@ def _label_series(
     `x_span`, `y_span`: the axes' log10 limits, to place labels in axes fractions.
     """
     anchors = []
-    for (estimator, k), s in panel.groupby(["estimator", "k"], sort=True):
+    for (estimator, k, beta), s in panel.groupby(SERIES, sort=True):
         r = s.loc[s["grad_seconds"].idxmax()]
         x, y = r["grad_seconds"], r["grad_var_encoder"]
         fx = (math.log10(x) - x_span[0]) / (x_span[1] - x_span[0])
         fy = (math.log10(y) - y_span[0]) / (y_span[1] - y_span[0])
-        anchors.append((fy, fx, x, y, look.label(estimator, k), estimator))
+        anchors.append((fy, fx, x, y, look.label(estimator, k, beta), estimator))
     placed: list[tuple[float, float]] = []
     for fy, fx, x, y, label, estimator in sorted(anchors):
         ty = fy
@@ -113,7 +113,7 @@ def plot_variance_cost(finals: pd.DataFrame, look: Look, path: Path) -> Path | N
             ax = axes[i, j]
             panel = where(points, dataset=group[0], model=group[1], device=device)
             for r in panel.itertuples():
-                colour = look.series_colour(r.estimator, r.k)
+                colour = look.series_colour(r.estimator, r.k, r.beta)
                 ax.scatter(
                     r.grad_seconds,
                     r.grad_var_encoder,
@@ -179,9 +179,9 @@ def plot_throughput(finals: pd.DataFrame, look: Look, path: Path) -> Path | None
         for j, device in enumerate(devices):
             ax = axes[i, j]
             panel = where(stats, dataset=group[0], model=group[1], device=device)
-            for y, (estimator, k) in enumerate(series):
+            for y, (estimator, k, beta) in enumerate(series):
                 for m, kl in enumerate(kls):
-                    r = where(panel, estimator=estimator, k=k, kl=kl)
+                    r = where(panel, estimator=estimator, k=k, beta=beta, kl=kl)
                     if r.empty:
                         continue
                     r = r.iloc[0]
@@ -190,12 +190,12 @@ def plot_throughput(finals: pd.DataFrame, look: Look, path: Path) -> Path | None
                         pos,
                         r["mean"],
                         height=height * 0.9,
-                        color=look.series_colour(estimator, k),
+                        color=look.series_colour(estimator, k, beta),
                         hatch=hatches[kl],
                         edgecolor="white",
                     )
                     ax.plot([r["min"], r["max"]], [pos, pos], color="0.2", lw=1.2)
-            ax.set_yticks(range(len(series)), [look.label(e, k) for e, k in series])
+            ax.set_yticks(range(len(series)), [look.label(*s) for s in series])
             ax.invert_yaxis()
             ax.set_xlim(left=0)
             ax.set_title(f"{group_title(group)} — {device}")
@@ -222,14 +222,14 @@ def plot_kl_modes(finals: pd.DataFrame, look: Look, path: Path) -> Path | None:
     if finals.empty or not needed:
         return None
     means = finals[needed].groupby(ROW).mean().reset_index()
-    modes = means.groupby(GROUP + ["estimator", "k"])["kl"].nunique()
-    paired = modes[modes > 1].reset_index()[GROUP + ["estimator", "k"]]
+    modes = means.groupby(GROUP + SERIES)["kl"].nunique()
+    paired = modes[modes > 1].reset_index()[GROUP + SERIES]
     if paired.empty:
         return None
-    means = means.merge(paired, on=GROUP + ["estimator", "k"])
+    means = means.merge(paired, on=GROUP + SERIES)
     groups = sorted(means.groupby(GROUP).groups)
     kls = sorted(set(means["kl"]))
-    n_series = means.drop_duplicates(GROUP + ["estimator", "k"]).groupby(GROUP).size().max()
+    n_series = means.drop_duplicates(GROUP + SERIES).groupby(GROUP).size().max()
     fig, axes = figure(len(groups), len(needed), 0.45 * n_series + 1.4)
     labels = {
         "elbo_test": "final test ELBO (nats)",
@@ -240,10 +240,10 @@ def plot_kl_modes(finals: pd.DataFrame, look: Look, path: Path) -> Path | None:
         series = series_of(panel)
         for j, metric in enumerate(needed):
             ax = axes[i, j]
-            for y, (estimator, k) in enumerate(series):
-                s = where(panel, estimator=estimator, k=k)
+            for y, (estimator, k, beta) in enumerate(series):
+                s = where(panel, estimator=estimator, k=k, beta=beta)
                 s = s.dropna(subset=[metric]).sort_values("kl")
-                colour = look.series_colour(estimator, k)
+                colour = look.series_colour(estimator, k, beta)
                 ax.plot(s[metric], [y] * len(s), color=colour, lw=2, alpha=0.6, zorder=2)
                 for r in s.itertuples():
                     ax.scatter(
@@ -269,7 +269,7 @@ def plot_kl_modes(finals: pd.DataFrame, look: Look, path: Path) -> Path | None:
             if metric == "grad_var_encoder":
                 ax.set_xscale("log")
             ax.margins(x=0.2)
-            ax.set_yticks(range(len(series)), [look.label(e, k) for e, k in series])
+            ax.set_yticks(range(len(series)), [look.label(*s) for s in series])
             ax.set_ylim(len(series) - 0.5, -0.5)
             ax.set_title(group_title(group))
             ax.set_xlabel(labels[metric])

@@ -1,6 +1,6 @@
-"""The look shared by the report's plots: one seaborn theme, a colour per estimator and a marker
-per KL mode, figures on the Agg canvas saved without metadata (byte-identical when redrawn), and
-the small helpers every plot uses."""
+"""The look shared by the report's plots: one seaborn theme, a colour per estimator (shaded by K
+and β) and a marker per KL mode, figures on the Agg canvas saved without metadata (byte-identical
+when redrawn), and the small helpers every plot uses."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from bench.report.runs import format_beta
 
 DPI = 120
 WIDTH = 8.5  # inches: 1020 px at DPI, legible when a README scales it to ~700 px
@@ -43,23 +45,42 @@ def palette(names: Iterable[str], name: str = "tab10") -> dict[str, tuple[float,
     return dict(zip(names, colours, strict=True))
 
 
+Series = tuple[str, int, float]  # (estimator, K, β): one line, colour and label
+SERIES: list[str] = ["estimator", "k", "beta"]
+
+
 class Look:
-    """Colour per estimator, marker per KL mode, and series labels: the estimator's name, or
-    'estimator K=k' (its colour lighter for smaller K) where one estimator ran with several K."""
+    """Colour per estimator, marker per KL mode, and series labels: the estimator's name, plus
+    'K=k' where it ran with several K and 'β=b' where it ran with several β (or only with a
+    β other than 1); within an estimator, smaller (K, β) are drawn lighter."""
 
     def __init__(self, runs: pd.DataFrame) -> None:
         self.colour = palette(runs["estimator"])
         self.ks = {e: sorted(set(k)) for e, k in runs.groupby("estimator")["k"]}
+        self.betas = {e: sorted(set(b)) for e, b in runs.groupby("estimator")["beta"]}
+        self.shades = {
+            e: sorted(set(zip(s["k"], s["beta"], strict=True)))
+            for e, s in runs.groupby("estimator")
+        }
         kls = sorted(set(runs["kl"]))
         self.marker = {kl: "os^Dv"[i % 5] for i, kl in enumerate(kls)}
 
-    def label(self, estimator: str, k: int) -> str:
-        return f"{estimator} K={k}" if len(self.ks[estimator]) > 1 else estimator
+    def label(self, estimator: str, k: int | None, beta: float | None = 1.0) -> str:
+        """'estimator', plus 'K=k' and 'β=b' where they vary; None leaves that part out."""
+        parts = [estimator]
+        if k is not None and len(self.ks[estimator]) > 1:
+            parts.append(f"K={k}")
+        if beta is not None and self.betas[estimator] != [1.0]:
+            parts.append(f"β={format_beta(beta)}")
+        return " ".join(parts)
 
-    def series_colour(self, estimator: str, k: int) -> tuple[float, ...]:
+    def series_colour(self, estimator: str, k: int, beta: float | None = 1.0) -> tuple[float, ...]:
+        """The estimator's colour, lighter for smaller (K, β); beta=None: the darkest at K."""
         base = np.array(self.colour[estimator])
-        ks = self.ks[estimator]
-        fade = 0.5 * (len(ks) - 1 - ks.index(k)) / max(1, len(ks) - 1)
+        shades = self.shades[estimator]
+        at_k = [i for i, (k_, b) in enumerate(shades) if k_ == k and beta in (None, b)]
+        index = at_k[-1] if at_k else len(shades) - 1
+        fade = 0.5 * (len(shades) - 1 - index) / max(1, len(shades) - 1)
         return tuple(base + (1.0 - base) * fade)
 
 
@@ -86,18 +107,18 @@ def where(frame: pd.DataFrame, **equal: object) -> pd.DataFrame:
     return frame[mask]
 
 
-def series_of(frame: pd.DataFrame) -> list[tuple[str, int]]:
-    """The sorted (estimator, K) pairs present in `frame`: one colour and label each."""
-    return sorted({(e, int(k)) for e, k in zip(frame["estimator"], frame["k"], strict=True)})
+def series_of(frame: pd.DataFrame) -> list[Series]:
+    """The sorted (estimator, K, β) triples present in `frame`: one colour and label each."""
+    columns = (frame["estimator"], frame["k"], frame["beta"])
+    return sorted({(e, int(k), float(b)) for e, k, b in zip(*columns, strict=True)})
 
 
-def series_legend(fig, look: Look, series: Sequence[tuple[str, int]], extra=()) -> None:
-    """One figure legend: a colour per (estimator, K) series, then any `extra` handles."""
+def series_legend(fig, look: Look, series: Sequence[Series], extra=()) -> None:
+    """One figure legend: a colour per (estimator, K, β) series, then any `extra` handles."""
     from matplotlib.lines import Line2D
 
     handles = [
-        Line2D([], [], color=look.series_colour(e, k), lw=2.5, label=look.label(e, k))
-        for e, k in series
+        Line2D([], [], color=look.series_colour(*s), lw=2.5, label=look.label(*s)) for s in series
     ]
     figure_legend(fig, handles + list(extra))
 

@@ -1,7 +1,9 @@
 """Reading a results directory: runs.csv (+ gpu/runs.csv) and env.json, and each configuration's
 status and final metrics.
 
-A configuration is (dataset, model, estimator, kl, k, device, seed). It is *finished* with a
+A configuration is (dataset, model, estimator, kl, k, beta, device, seed); `beta`, the weight of
+the KL term (β-VAE), is optional in runs.csv (files written before it existed mean β = 1). It is
+*finished* with a
 `run_complete` row, *diverged* with a `diverged` row (its later metrics are absent), and
 *running* otherwise. "Final" means the last step at which a finished configuration has the metric.
 """
@@ -30,24 +32,50 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
     "metric",
     "value",
 )
-CONFIG: list[str] = ["dataset", "model", "estimator", "kl", "k", "device", "seed"]
-ROW: list[str] = ["dataset", "model", "estimator", "kl", "k"]  # one table row: seeds pooled
+# Optional columns and the value a file without them stands for.
+OPTIONAL_COLUMNS: dict[str, str] = {"beta": "1"}
+CONFIG: list[str] = ["dataset", "model", "estimator", "kl", "k", "beta", "device", "seed"]
+ROW: list[str] = ["dataset", "model", "estimator", "kl", "k", "beta"]  # a table row: seeds pooled
 GROUP: list[str] = ["dataset", "model"]  # one table / one facet row per (dataset, model)
 INTEGER_COLUMNS = ("k", "seed", "step")
+FLOAT_COLUMNS = ("beta",)
 DIVERGED = "diverged"
 COMPLETE = "run_complete"
+
+
+# Estimators of the IWAE bound L_K (K samples), for names vae_core's registry does not know.
+KNOWN_MULTISAMPLE = frozenset({"iwae", "dreg", "iwae_stl", "vimco"})
+
+
+def is_multisample(estimator: str) -> bool:
+    """Whether `estimator` trains on the IWAE bound L_K (`objective == "iwae"` in the registry);
+    a name the registry lacks (an older run) is looked up in KNOWN_MULTISAMPLE."""
+    try:
+        from vae_core.estimators import REGISTRY
+    except ImportError:  # the report needs only runs.csv
+        REGISTRY = {}
+    if estimator in REGISTRY:
+        return getattr(REGISTRY[estimator], "objective", "elbo") == "iwae"
+    return estimator in KNOWN_MULTISAMPLE
 
 
 class NoRunsError(FileNotFoundError):
     """DIR/runs.csv is absent or holds no measurements."""
 
 
+def format_beta(beta: float) -> str:
+    """β compactly: 1, 0.5, 4, 0.25."""
+    return f"{float(beta):g}"
+
+
 def _read_one(path: Path) -> pd.DataFrame:
-    """One runs.csv as strings, columns validated; a zero-byte file gives an empty frame."""
+    """One runs.csv as strings, columns validated and optional ones filled with their default
+    (in CONFIG order); a zero-byte file gives an empty frame."""
+    columns = CONFIG + ["step", "metric", "value"]
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError:
-        return pd.DataFrame(columns=list(REQUIRED_COLUMNS))
+        return pd.DataFrame(columns=columns)
     except pd.errors.ParserError as error:
         first_line = str(error).strip().splitlines()[0]
         raise ValueError(f"{path} is not a readable CSV: {first_line}") from error
@@ -57,7 +85,10 @@ def _read_one(path: Path) -> pd.DataFrame:
         raise ValueError(
             f"{path} lacks column(s) {', '.join(missing)}; expected {', '.join(REQUIRED_COLUMNS)}"
         )
-    return frame[list(REQUIRED_COLUMNS)]
+    for column, default in OPTIONAL_COLUMNS.items():
+        if column not in frame.columns:
+            frame[column] = default
+    return frame[columns]
 
 
 def load_runs(out_dir: Path) -> pd.DataFrame:
@@ -67,6 +98,8 @@ def load_runs(out_dir: Path) -> pd.DataFrame:
     the missing columns (or the bad values) of a malformed file. Rows with empty key fields (a
     line cut short while the harness was writing) are dropped; a non-finite `value` is kept as
     NaN and treated as absent. When a measurement repeats (a re-run), the row written last wins.
+    A file without a `beta` column gets β = 1; `beta` is a float column, `k`, `seed` and `step`
+    integer ones.
     """
     out_dir = Path(out_dir)
     path = out_dir / "runs.csv"
@@ -76,7 +109,7 @@ def load_runs(out_dir: Path) -> pd.DataFrame:
     frame = pd.concat([_read_one(p) for p in paths], ignore_index=True)
     frame = frame[frame["metric"] != "metric"]  # a header repeated by a later append
 
-    keys = [c for c in REQUIRED_COLUMNS if c != "value"]
+    keys = CONFIG + ["step", "metric"]
     cut = frame[keys].isna().any(axis=1)
     if cut.any():
         log.warning("dropping %d incomplete row(s) of %s", int(cut.sum()), path)
@@ -91,6 +124,13 @@ def load_runs(out_dir: Path) -> pd.DataFrame:
             example = frame.loc[bad, column].iloc[0]
             raise ValueError(f"{path}: column {column} must hold integers, found {example!r}")
         frame[column] = numbers.astype("int64")
+    for column in FLOAT_COLUMNS:
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        bad = ~np.isfinite(numbers)
+        if bad.any():
+            example = frame.loc[bad, column].iloc[0]
+            raise ValueError(f"{path}: column {column} must hold numbers, found {example!r}")
+        frame[column] = numbers.astype("float64")
     value = pd.to_numeric(frame["value"], errors="coerce")
     frame["value"] = value.where(np.isfinite(value))
 

@@ -1,5 +1,5 @@
-"""The summary table (one row per dataset, model, estimator, KL mode and K, seeds pooled) and its
-markdown, one section per (dataset, model).
+"""The summary table (one row per dataset, model, estimator, KL mode, K and β, seeds pooled) and
+its markdown, one section per (dataset, model).
 
 Quality and variance figures of a row come from its cpu runs (the device of a row that ran
 elsewhere only); throughput has a column per device.
@@ -13,10 +13,21 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from bench.report.runs import CONFIG, GROUP, ROW, final_values, primary_device, run_status
+from bench.report.runs import (
+    CONFIG,
+    GROUP,
+    ROW,
+    final_values,
+    format_beta,
+    is_multisample,
+    primary_device,
+    run_status,
+)
 
 DEVICES: tuple[str, ...] = ("cpu", "cuda")  # always given a throughput column ("—" if absent)
 REFERENCE = "reparam"  # relative variances are against this estimator
+# Estimators biased for K > 1, and how their table rows say so.
+BIASED = {"iwae_stl": "biased for K > 1"}
 MISSING = "—"
 SEED_MEANS = (
     "nll_samples",
@@ -30,16 +41,18 @@ SEED_MEANS = (
 
 
 def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, model, estimator, kl, k): seed statistics of final metrics.
+    """One row per (dataset, model, estimator, kl, k, beta): seed statistics of final metrics.
 
     Columns: the row key; `device` (whose runs give the quality figures); `seeds`, `finished`,
     `diverged` (counts) and `divergence` (e.g. "diverged at step 300"); `elbo_test_mean/std`,
-    `nll_test_mean/std`, `nll_samples`; final `grad_var_encoder`, `grad_var_decoder`,
-    `snr_encoder`, `grad_seconds`, `work_var_encoder`, `grad_draws` (means over finished seeds);
-    `grad_var_encoder_rel`, `grad_var_decoder_rel` (÷ reparam with the same KL, else analytic);
-    `throughput_<device>` for cpu, cuda and any other device present. Sorted within each
-    (dataset, model) so the first row is the estimator to use: rows without divergence first,
-    then by final test ELBO, highest first.
+    `rate_test_mean`, `distortion_test_mean`, `nll_test_mean/std`, `nll_samples`; final
+    `grad_var_encoder`, `grad_var_decoder`, `snr_encoder`, `grad_seconds`, `work_var_encoder`,
+    `grad_draws` (means over finished seeds); `grad_var_encoder_rel`, `grad_var_decoder_rel`
+    (÷ reparam, see `_relative`); `throughput_<device>` for cpu, cuda and any other device
+    present; `ranked_by` ("nll_test" or "elbo_test"). Sorted within each (dataset, model) so the
+    first row is the estimator to use: rows without divergence first, then by final test NLL,
+    lowest first, when every such row has one (NLL compares ELBO- and IWAE-trained models
+    fairly), else by final test ELBO, highest first.
     """
     status = run_status(runs)
     finals = final_values(runs, status)
@@ -61,6 +74,8 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
             divergence=_divergence_text(broken, len(own)),
             elbo_test_mean=_mean(final, "elbo_test"),
             elbo_test_std=_std(final, "elbo_test"),
+            rate_test_mean=_mean(final, "rate_test"),
+            distortion_test_mean=_mean(final, "distortion_test"),
             nll_test_mean=_mean(final, "nll_test"),
             nll_test_std=_std(final, "nll_test"),
         )
@@ -76,13 +91,23 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     for part in ("encoder", "decoder"):
         table[f"grad_var_{part}_rel"] = _relative(table, f"grad_var_{part}")
     table["_healthy"] = table["diverged"] == 0
+    by_nll = (
+        table[table["_healthy"]]
+        .groupby(GROUP)["nll_test_mean"]
+        .agg(lambda nll: bool(np.isfinite(nll).all()))
+        .rename("_by_nll")
+    )
+    table = table.join(by_nll, on=GROUP)
+    by_nll = table["_by_nll"].fillna(False).astype(bool)
+    table["ranked_by"] = np.where(by_nll, "nll_test", "elbo_test")
+    table["_rank"] = np.where(by_nll, table["nll_test_mean"], -table["elbo_test_mean"])
     table = table.sort_values(
-        GROUP + ["_healthy", "elbo_test_mean", "estimator", "kl", "k"],
-        ascending=[True, True, False, False, True, True, True],
+        GROUP + ["_healthy", "_rank", "estimator", "kl", "k", "beta"],
+        ascending=[True, True, False, True, True, True, True, True],
         na_position="last",
         kind="mergesort",
     )
-    return table.drop(columns="_healthy").reset_index(drop=True)
+    return table.drop(columns=["_healthy", "_by_nll", "_rank"]).reset_index(drop=True)
 
 
 def _finals_of(finals: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
@@ -117,25 +142,33 @@ def _divergence_text(broken: pd.DataFrame, seeds: int) -> str:
 
 
 def _relative(table: pd.DataFrame, column: str) -> pd.Series:
-    """column ÷ reparam's in the same (dataset, model): same KL mode, else analytic; same K, else
-    reparam's smallest K. NaN where no such reparam row has a finite positive value."""
-    reference = {
-        (r.dataset, r.model, r.kl, r.k): getattr(r, column)
-        for r in table[table["estimator"] == REFERENCE].itertuples()
-        if np.isfinite(getattr(r, column)) and getattr(r, column) > 0
-    }
+    """column ÷ reparam's in the same (dataset, model), at reparam's smallest K (K = 1) whatever
+    the row's K: same KL mode, else analytic; same β, else β = 1. NaN where no such reparam row
+    has a finite positive value. A K-sample row's extra cost shows in `work_var_encoder`."""
+    reference: dict[tuple, float] = {}
+    reparam = table[table["estimator"] == REFERENCE].sort_values("k", kind="mergesort")
+    for r in reparam.itertuples():
+        value = getattr(r, column)
+        if np.isfinite(value) and value > 0:
+            reference.setdefault((r.dataset, r.model, r.kl, r.beta), value)
     ratios = []
     for row in table.itertuples():
-        base = np.nan
-        for kl in dict.fromkeys([row.kl, "analytic"]):
-            ks = sorted(
-                k for d, m, mode, k in reference if (d, m, mode) == (row.dataset, row.model, kl)
-            )
-            if ks:
-                base = reference[(row.dataset, row.model, kl, row.k if row.k in ks else ks[0])]
-                break
+        base = next(
+            (
+                reference[key]
+                for kl in dict.fromkeys([row.kl, "analytic"])
+                for beta in dict.fromkeys([row.beta, 1.0])
+                if (key := (row.dataset, row.model, kl, beta)) in reference
+            ),
+            np.nan,
+        )
         ratios.append(getattr(row, column) / base)
     return pd.Series(ratios, index=table.index, dtype=float)
+
+
+def estimator_cell(estimator: str, k: int) -> str:
+    """The estimator's name, marked where it is known to be biased (STL on IWAE for K > 1)."""
+    return f"{estimator} ({BIASED[estimator]})" if estimator in BIASED and k > 1 else estimator
 
 
 # ------------------------------------------------------------------------------------ markdown
@@ -222,12 +255,15 @@ def summary_markdown(table: pd.DataFrame, envs: dict[str, dict[str, object]]) ->
 def _group_markdown(table: pd.DataFrame, envs: dict[str, dict[str, object]]) -> list[str]:
     """Markdown lines for one (dataset, model): headline, table, notes, environment."""
     vary_k = table["k"].nunique() > 1
+    vary_beta = table["beta"].nunique() > 1
     devices = [c.removeprefix("throughput_") for c in table.columns if c.startswith("throughput_")]
     nll_k = sorted({int(k) for k in table["nll_samples"].dropna()})
     nll_header = "test NLL (nats" + (f", k={nll_k[0]})" if len(nll_k) == 1 else ")")
-    header = ["estimator", "KL"] + (["K"] if vary_k else [])
+    header = ["estimator", "KL"] + (["K"] if vary_k else []) + (["β"] if vary_beta else [])
     header += [
         "test ELBO (nats)",
+        "rate (nats)",
+        "distortion (nats)",
         nll_header,
         "enc. grad var (nats²)",
         "enc. var ÷ reparam",
@@ -240,8 +276,10 @@ def _group_markdown(table: pd.DataFrame, envs: dict[str, dict[str, object]]) -> 
     ]
     rows = []
     for r in table.itertuples():
-        row = [f"**{r.estimator}**" if not rows else r.estimator, r.kl]
+        name = estimator_cell(r.estimator, r.k)
+        row = [name.replace(r.estimator, f"**{r.estimator}**", 1) if not rows else name, r.kl]
         row += [str(r.k)] if vary_k else []
+        row += [format_beta(r.beta)] if vary_beta else []
         if r.finished == 0:
             row += [r.divergence] + [MISSING] * (len(header) - len(row) - 1)
             rows.append(row)
@@ -254,6 +292,8 @@ def _group_markdown(table: pd.DataFrame, envs: dict[str, dict[str, object]]) -> 
             nll += f" (k={int(r.nll_samples)})"
         row += [
             elbo,
+            _one_decimal(r.rate_test_mean),
+            _one_decimal(r.distortion_test_mean),
             nll,
             sci(r.grad_var_encoder),
             sig(r.grad_var_encoder_rel),
@@ -267,29 +307,69 @@ def _group_markdown(table: pd.DataFrame, envs: dict[str, dict[str, object]]) -> 
         rows.append(row)
     right = [False, False] + [True] * (len(header) - 2)
 
-    seeds = sorted(set(table["seeds"]))
-    draws = sorted({int(x) for x in table["grad_draws"].dropna()})
-    best = table.iloc[0]
+    by_nll = table["ranked_by"].iloc[0] == "nll_test"
     lines = []
-    if best["finished"] > 0 and np.isfinite(best["elbo_test_mean"]):
-        k_text = f", K={best['k']}" if vary_k else ""
+    best = table.iloc[0]
+    metric = "nll_test_mean" if by_nll else "elbo_test_mean"
+    if best["finished"] > 0 and np.isfinite(best[metric]):
+        where = [f"KL {best['kl']}"]
+        where += [f"K={best['k']}"] if vary_k else []
+        where += [f"β={format_beta(best['beta'])}"] if vary_beta else []
         lines.append(
-            f"Best final test ELBO: **{best['estimator']}** (KL {best['kl']}{k_text}), "
-            f"{best['elbo_test_mean']:.1f} nats.\n"
+            f"Best final test {'NLL' if by_nll else 'ELBO'}: **{best['estimator']}** "
+            f"({', '.join(where)}), {best[metric]:.1f} nats.\n"
         )
     lines.append(_markdown(header, rows, right))
     lines.append("")
-    seed_text = "/".join(str(s) for s in seeds)
-    draw_text = f" from R = {'/'.join(str(d) for d in draws)} draws" if draws else ""
-    lines.append(
-        f"Mean ± std over {seed_text} seed(s), at the final training step; rows sorted by test "
-        "ELBO, configurations that diverged last. Gradient variance: trace of the covariance of "
-        f"the minibatch-mean ELBO gradient{draw_text}; ÷ reparam is against reparam with the same "
-        "KL mode (else analytic). Quality columns from "
-        + ", ".join(sorted(set(table["device"])))
-        + f" runs; {MISSING} = not measured."
-    )
+    lines.append(_notes(table, by_nll, vary_beta))
     lines.append("")
     for device in sorted(set(table["device"]) | {d for d in devices if d in envs}):
         lines.append(_env_line(envs.get(device, {}), device) + "  ")
     return lines
+
+
+def _one_decimal(x: float) -> str:
+    return f"{x:.1f}" if np.isfinite(x) else MISSING
+
+
+def _notes(table: pd.DataFrame, by_nll: bool, vary_beta: bool) -> str:
+    """The paragraph under a table: what the cells are, how rows are sorted and compared."""
+    seeds = "/".join(str(s) for s in sorted(set(table["seeds"])))
+    draws = sorted({int(x) for x in table["grad_draws"].dropna()})
+    draw_text = f" from R = {'/'.join(str(d) for d in draws)} draws" if draws else ""
+    order = (
+        "test NLL, lowest first (the fair yardstick across ELBO- and IWAE-trained models)"
+        if by_nll
+        else "test ELBO, highest first (test NLL is missing for some rows)"
+    )
+    notes = [
+        f"Mean ± std over {seeds} seed(s), at the final training step; rows sorted by {order}, "
+        "configurations that diverged last."
+    ]
+    if np.isfinite(table["rate_test_mean"]).any():
+        notes.append(
+            "Rate = KL(q(z|x) ‖ p(z)) and distortion = −E_q log p(x|z) on the test set (mean over "
+            "seeds); test ELBO = −(rate + distortion)"
+            + (", with β = 1 whatever the training β." if vary_beta else ".")
+        )
+    notes += [
+        "Gradient variance: trace of the covariance of the minibatch-mean ELBO gradient"
+        f"{draw_text}; ÷ reparam is against reparam with the same KL mode (else analytic) and "
+        "β (else 1) at K = 1, for K-sample rows too (their extra cost shows in enc. var × time).",
+    ]
+    betas = sorted(set(table["beta"]))
+    if not vary_beta and betas != [1.0]:
+        notes.append(f"Every row has β = {format_beta(betas[0])} (the weight of the KL term).")
+    multi = sorted({e for e in table["estimator"] if is_multisample(e)})
+    if multi:
+        notes.append(
+            f"For the IWAE-bound estimators ({', '.join(multi)}) the test ELBO is the standard "
+            "(K = 1) ELBO of the trained model, below the bound L_K they maximise: compare them "
+            "with the others by test NLL."
+        )
+    notes.append(
+        "Quality columns from "
+        + ", ".join(sorted(set(table["device"])))
+        + f" runs; {MISSING} = not measured."
+    )
+    return " ".join(notes)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.report.plots import Look, figure, save, series_legend, series_of, where
+from bench.report.plots import SERIES, Look, figure, save, series_legend, series_of, where
 from bench.report.runs import DIVERGED, GROUP, ROW
 from bench.report.tables import group_title
 
@@ -47,16 +47,16 @@ def plot_grad_var(runs: pd.DataFrame, look: Look, path: Path) -> Path | None:
         for j, kl in enumerate(kls):
             ax = axes[i, j]
             panel = where(curves, dataset=group[0], model=group[1], kl=kl)
-            for (estimator, k), c in panel.groupby(["estimator", "k"], sort=True):
-                colour = look.series_colour(estimator, k)
+            for series, c in panel.groupby(SERIES, sort=True):
+                colour = look.series_colour(*series)
                 ax.plot(c["step"], c["mean"], color=colour, lw=1.8)
                 ax.fill_between(c["step"], c["min"], c["max"], color=colour, alpha=0.2, lw=0)
             # A cross at the last point drawn before each divergence.
             for r in where(stops, dataset=group[0], model=group[1], kl=kl).itertuples():
-                c = where(panel, estimator=r.estimator, k=r.k)
+                c = where(panel, estimator=r.estimator, k=r.k, beta=r.beta)
                 c = c[c["step"] <= r.step]
                 if not c.empty:
-                    colour = look.series_colour(r.estimator, r.k)
+                    colour = look.series_colour(r.estimator, r.k, r.beta)
                     ax.plot(c["step"].iloc[-1], c["mean"].iloc[-1], "x", color=colour, ms=9, mew=2)
             ax.set_yscale("log")
             _symlog_x(ax, curves["step"].to_numpy())
@@ -89,7 +89,7 @@ def plot_elbo(runs: pd.DataFrame, finals: pd.DataFrame, look: Look, path: Path) 
         return None
     rows = sorted(curves.groupby(GROUP + ["kl"]).groups)
     fig, axes = figure(len(rows), 2, 3.0)
-    final_means = pd.Series(dtype=float)
+    final_means = pd.Series(dtype=float, index=pd.MultiIndex.from_tuples([], names=ROW))
     if "elbo_test" in finals:
         final_means = finals["elbo_test"].groupby(ROW).mean().dropna()
     below: dict[str, float] = {}  # best final ELBO of each series drawn under the frame
@@ -101,16 +101,16 @@ def plot_elbo(runs: pd.DataFrame, finals: pd.DataFrame, look: Look, path: Path) 
             & (final_means.index.get_level_values("model") == model)
         ]
         floor = _elbo_floor(group_finals.to_numpy())
-        for (_, _, estimator, _, k), value in group_finals[group_finals < floor].items():
-            label = look.label(estimator, k)
+        for (_, _, estimator, _, k, beta), value in group_finals[group_finals < floor].items():
+            label = look.label(estimator, k, beta)
             below[label] = max(value, below.get(label, -math.inf))
         top, lowest = float(in_group["mean"].max()), float(in_group["mean"].min())
         pad = 0.04 * (top - max(lowest, floor) if top > max(lowest, floor) else 1.0)
         for j, x in enumerate(("step", "seconds")):
             ax = axes[i, j]
-            for (estimator, k), c in panel.groupby(["estimator", "k"], sort=True):
+            for series, c in panel.groupby(SERIES, sort=True):
                 c = c.dropna(subset=[x])
-                colour = look.series_colour(estimator, k)
+                colour = look.series_colour(*series)
                 ax.plot(c[x], c["mean"], color=colour, lw=1.8)
                 ax.fill_between(c[x], c["min"], c["max"], color=colour, alpha=0.2, lw=0)
             _symlog_x(ax, in_group[x].dropna().to_numpy())

@@ -16,16 +16,23 @@ from bench.report.runs import (
     primary_runs,
     run_status,
 )
+from bench.report.sweep_plots import plot_rate_distortion, plot_snr_vs_k
 from bench.report.tables import summary_markdown, summary_table
 from bench.report.training_plots import plot_elbo, plot_grad_var
 
 PLOT_CAPTIONS = {
     "grad_var_encoder": "Encoder gradient variance vs training step, per KL mode.",
-    "elbo_test": "Test ELBO vs training step and vs training wall-clock time.",
+    "elbo_test": "Test ELBO vs training step and vs training wall-clock time (the standard "
+    "K = 1 ELBO, also for models trained on an IWAE bound).",
     "variance_cost": "Final encoder gradient variance vs seconds per gradient: the efficient "
     "frontier.",
     "throughput": "Training throughput per estimator and device.",
     "kl_modes": "Analytic vs Monte Carlo KL for the same estimators.",
+    "snr_vs_k": "Encoder and decoder gradient SNR vs the number of samples K, per multi-sample "
+    "estimator: Rainforth et al. (2018) predict, for IWAE, encoder SNR falling as O(1/√K) and "
+    "decoder SNR rising as O(√K).",
+    "rate_distortion": "Final distortion vs rate per estimator, KL mode, K and β, with iso-ELBO "
+    "lines (rate + distortion = −ELBO): where each estimator sits on the rate–distortion plane.",
     "toy_variance": "Toy problem: estimator variance vs k for three costs, exact and empirical.",
 }
 PLOT_NAMES: tuple[str, ...] = tuple(PLOT_CAPTIONS)  # in the order summary.md lists them
@@ -35,6 +42,10 @@ SKIP_REASONS = {
     "variance_cost": "no finished run with grad_var_encoder and grad_seconds",
     "throughput": "no finished run with a throughput measurement",
     "kl_modes": "no estimator was run with more than one KL mode",
+    "snr_vs_k": "no estimator was run with two or more values of K (with snr_encoder and "
+    "snr_decoder measured)",
+    "rate_distortion": "no finished run with rate_test and distortion_test (runs.csv predates "
+    "them)",
 }
 
 
@@ -65,6 +76,10 @@ def write_report(out_dir: Path, toy: bool = True) -> list[Path]:
         drawn["variance_cost"] = plot_variance_cost(finals, look, plots / "variance_cost.png")
         drawn["throughput"] = plot_throughput(finals, look, plots / "throughput.png")
         drawn["kl_modes"] = plot_kl_modes(primary_finals, look, plots / "kl_modes.png")
+        drawn["snr_vs_k"] = plot_snr_vs_k(primary_finals, look, plots / "snr_vs_k.png")
+        drawn["rate_distortion"] = plot_rate_distortion(
+            primary_finals, look, plots / "rate_distortion.png"
+        )
         if toy:
             drawn["toy_variance"] = toy_plot.plot_toy(plots / "toy_variance.png")
     for name, written in drawn.items():
