@@ -271,3 +271,14 @@ def test_unwritable_output_is_refused(tmp_path, capsys):
     blocker.write_text("")
     assert main(["run", "--suite", "quick", "--out", str(blocker / "sub")]) == 2
     assert "cannot create output directory" in capsys.readouterr().err
+
+
+def test_report_reads_the_quick_suite_output(quick_results, capsys):
+    """The report on what the harness just wrote: every estimator in summary.md, no NaN cell."""
+    assert main(["report", "--out", str(quick_results), "--no-toy"]) == 0
+    summary = (quick_results / "summary.md").read_text()
+    for name in {run.estimator for run in get_suite("quick").runs}:
+        assert f"| {name}" in summary or f"| **{name}" in summary, name
+    assert "nan" not in summary.lower()
+    assert (quick_results / "plots" / "snr_vs_k.png").exists() is False  # quick has one K each
+    assert (quick_results / "plots" / "rate_distortion.png").stat().st_size > 0
