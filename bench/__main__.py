@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -115,11 +116,8 @@ def select_suite(args: argparse.Namespace) -> tuple[Suite, object]:
         unknown = sorted(set(wanted) - set(REGISTRY))
         if unknown:
             raise UsageError(f"unknown estimator(s) {unknown}; valid: {', '.join(REGISTRY)}")
-        suite = Suite(
-            suite.name,
-            suite.description,
-            tuple(r for r in suite.runs if r.estimator in wanted),
-            suite.expected_cpu_minutes,
+        suite = dataclasses.replace(
+            suite, runs=tuple(r for r in suite.runs if r.estimator in wanted)
         )
     dataset_name = suite.runs[0].dataset
     try:

@@ -24,24 +24,20 @@ def cpu_model() -> str:
 
 
 def git_commit() -> str:
-    try:
+    """Short hash of HEAD, with '-dirty' when tracked files are modified; 'unknown' outside git."""
+
+    def git(*args: str) -> str:
         result = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
+            ["git", *args], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
         )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        )
+        return result.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return result.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    return commit + ("-dirty" if dirty else "")
 
 
 def environment_record(device: torch.device, suite: str, argv: list[str]) -> dict[str, object]:

@@ -229,17 +229,28 @@ def test_nvil_baseline_network_learns_from_its_regression_term():
     )
 
 
-def test_running_baselines_track_the_learning_signal():
+def test_running_baselines_are_exponential_moving_averages():
+    """The first update sets the running statistics to the batch's; later ones blend with the
+    estimator's decay: b ← d·b + (1 − d)·(batch value)."""
     model, x = small_vae(), small_batch()
-    for name in ("score_ma", "score_nvil"):
+    generator = torch.Generator().manual_seed(7)
+    for name, tracked, signal in (
+        ("score_ma", "baseline", lambda out: out.learning_signal),
+        ("score_nvil", "signal_mean", lambda out: out.stats["residual"]),
+    ):
         estimator = make_estimator(name, model, "mc")
-        generator = torch.Generator().manual_seed(7)
-        for _ in range(50):
-            estimator.update_state(estimator(x, estimator.sample_noise(len(x), generator)))
-        out = estimator(x, estimator.sample_noise(len(x), generator))
-        tracked = estimator.baseline if name == "score_ma" else estimator.signal_mean
-        target = out.learning_signal.mean() if name == "score_ma" else out.stats["residual"].mean()
-        assert abs(tracked - target) < 3 * out.learning_signal.std() + 1.0
+        first = estimator(x, estimator.sample_noise(len(x), generator))
+        estimator.update_state(first)
+        assert getattr(estimator, tracked) == pytest.approx(signal(first).mean().item())
+        second = estimator(x, estimator.sample_noise(len(x), generator))
+        estimator.update_state(second)
+        decay = estimator.decay
+        expected = decay * signal(first).mean() + (1 - decay) * signal(second).mean()
+        assert getattr(estimator, tracked) == pytest.approx(expected.item())
+    first_var = first.stats["residual"].var(unbiased=False)
+    second_var = second.stats["residual"].var(unbiased=False)
+    expected_var = decay * first_var + (1 - decay) * second_var
+    assert estimator.signal_var == pytest.approx(expected_var.item())
 
 
 def test_unknown_estimator_lists_valid_names():

@@ -35,7 +35,6 @@ from vae_core.models import GaussianLatentModel
 from vae_core.objectives import diag_gaussian_log_density
 
 KL_MODES = ("analytic", "mc")
-LATENT_TYPES = ("gaussian",)
 
 
 class EstimatorError(ValueError):
