@@ -80,7 +80,7 @@ def _draws_loop(
     estimator: Estimator, x: torch.Tensor, noise: torch.Tensor, params: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     names = list(params)
-    tensors = [p for name, p in model_parameters(estimator).items()]
+    tensors = list(model_parameters(estimator).values())
     draws: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     for eps in noise:
         grads = torch.autograd.grad(estimator(x, eps).surrogate, tensors, allow_unused=True)
