@@ -70,14 +70,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("Estimators (name: supported KL modes, minimum K — what it computes)")
     for name, cls in REGISTRY.items():
         kl = "/".join(cls.kl_modes)
-        print(f"  {name:12s} {cls.latent} latents, kl={kl}, K>={cls.min_particles} — {cls.summary}")
+        k = f"K>={cls.min_particles}" + (", even" if cls.particles_multiple == 2 else "")
+        print(f"  {name:13s} {cls.latent} latents, kl={kl}, {k} — {cls.summary}")
     print("\nData sets")
     for name, description in describe_datasets().items():
         print(f"  {name:12s} {description}")
     print("\nModels")
     for name, config in MODELS.items():
-        shape = "-".join(str(h) for h in config.hidden)
-        print(f"  {name:12s} D-{shape}-{config.latent_dim}, {config.activation}")
+        layers = "-".join(str(size) for size in ("D", *config.hidden, config.latent_dim))
+        activation = f", {config.activation}" if config.hidden else ", linear"
+        print(f"  {name:12s} {layers} {config.latent} latents{activation}")
     print("\nSuites (expected wall time on 2 CPU cores)")
     for suite in make_suites().values():
         minutes = suite.expected_cpu_minutes

@@ -2,7 +2,8 @@
 
 Measurements (names as in runs.csv; definitions in vae_core.gradients and DESIGN.md):
 at every checkpoint `elbo_train`, `elbo_test` (= −(`distortion_test` + `rate_test`)),
-`grad_var_*`, `grad_sqnorm_*`, `snr_*`, `train_seconds`; at the end `nll_test` (with
+`grad_var_*`, `grad_sqnorm_*`, `snr_*`, `train_seconds` (and `grad_bias_*`, `grad_mse_*` for a
+biased estimator); at the end `nll_test` (with
 `nll_samples`), `throughput`, `grad_seconds`, `work_var_*`, `grad_draws`, `grad_batched`. Every
 measurement draws from its own generator seeded from (run seed, step), so it neither perturbs
 training nor depends on what was measured before.
@@ -21,9 +22,9 @@ from bench.results import COMPLETE, DIVERGED, RunsFile
 from bench.suites import MODELS, RunConfig
 from bench.timing import Stopwatch, median_seconds
 from vae_core.data import Dataset, binarize, iterate_minibatches
-from vae_core.estimators import Estimator, EstimatorOutput, make_estimator
+from vae_core.estimators import REGISTRY, Estimator, EstimatorOutput, make_estimator
 from vae_core.gradients import gradient_statistics
-from vae_core.models import BernoulliVAE
+from vae_core.models import build_model
 from vae_core.objectives import distortion_and_rate, elbo_estimate, log_likelihood_estimate
 
 
@@ -48,9 +49,20 @@ def build_estimator(config: RunConfig, input_dim: int, device: torch.device) -> 
     """Model and estimator with parameters initialised from the run's seed (on CPU, then moved,
     so CPU and GPU runs start from the same parameters)."""
     torch.manual_seed(config.seed)
-    model = BernoulliVAE(dataclasses.replace(MODELS[config.model], input_dim=input_dim))
+    model = build_model(dataclasses.replace(MODELS[config.model], input_dim=input_dim))
     estimator = make_estimator(config.estimator, model, config.kl, config.k, config.beta)
     return estimator.to(device)
+
+
+def bias_reference(estimator: Estimator) -> Estimator | None:
+    """For a biased estimator, its unbiased reference on the same model (sharing parameters),
+    with the same KL mode and β and the reference's smallest K; None for an unbiased one."""
+    if estimator.bias_reference is None:
+        return None
+    reference = REGISTRY[estimator.bias_reference]
+    return make_estimator(
+        reference.name, estimator.model, estimator.kl, reference.min_particles, estimator.beta
+    )
 
 
 def train_step(
@@ -93,7 +105,8 @@ def measurement_generator(config: RunConfig, step: int, device: torch.device) ->
 def measure_checkpoint(
     estimator: Estimator, data: Dataset, config: RunConfig, device: torch.device, step: int
 ) -> dict[str, float]:
-    """ELBOs on fixed binarised train/test sets and gradient statistics on a fixed minibatch."""
+    """ELBOs on fixed binarised train/test sets and gradient statistics on a fixed minibatch
+    (with the bias against `bias_draws` reference draws for a biased estimator)."""
     generator = measurement_generator(config, step, device)
     model = estimator.model
     n = config.eval_examples
@@ -108,7 +121,13 @@ def measure_checkpoint(
     fixed_batch = data.train_eval_binary[: config.grad_batch]
     values.update(
         gradient_statistics(
-            estimator, fixed_batch, config.grad_draws, generator, grad_method(device)
+            estimator,
+            fixed_batch,
+            config.grad_draws,
+            generator,
+            grad_method(device),
+            reference=bias_reference(estimator),
+            n_reference_draws=config.bias_draws,
         )
     )
     return values

@@ -15,6 +15,12 @@ MODELS: dict[str, ModelConfig] = {
     "mlp500": ModelConfig(hidden=(500,), latent_dim=20, activation="tanh"),
     # Burda et al. (2016), one stochastic layer: 784-200-200-50, tanh.
     "iwae1": ModelConfig(hidden=(200, 200), latent_dim=50, activation="tanh"),
+    # Dong, Mnih & Tucker (2020), DisARM: 200 binary latents, a linear model 784-200 each side
+    # and a nonlinear one 784-200-200-200 (LeakyReLU).
+    "linear200": ModelConfig(hidden=(), latent_dim=200, latent="bernoulli"),
+    "nonlinear200": ModelConfig(
+        hidden=(200, 200), latent_dim=200, activation="leaky_relu", latent="bernoulli"
+    ),
 }
 
 
@@ -39,6 +45,7 @@ class RunConfig:
     nll_samples: int = 1000  # importance samples for nll_test
     nll_examples: int = 1000  # test examples for nll_test
     timed_steps: int = 20  # timed optimiser steps for throughput (median)
+    bias_draws: int = 1000  # reference draws for the bias of a biased estimator (grad_bias_*)
 
     @property
     def key(self) -> tuple[str, str, str, str, int, float, int]:
@@ -67,9 +74,10 @@ class Suite:
 
 
 def estimator_grid(
-    particles: tuple[int, ...] = (), objective: str | None = None
+    particles: tuple[int, ...] = (), objective: str | None = None, latent: str = "gaussian"
 ) -> list[tuple[str, str, int]]:
-    """Every registered (estimator, KL mode, K), optionally only those targeting `objective`.
+    """Every registered (estimator, KL mode, K) for models with `latent` latents, optionally only
+    those targeting `objective`.
 
     Single-sample (ELBO) estimators run at their smallest K. For the multi-sample estimators
     (objective 'iwae') K sets the bound L_K itself, so it is a grid dimension: each K in
@@ -77,7 +85,7 @@ def estimator_grid(
     """
     configurations = []
     for name, cls in REGISTRY.items():
-        if objective is not None and cls.objective != objective:
+        if cls.latent != latent or (objective is not None and cls.objective != objective):
             continue
         ks = [cls.min_particles]
         if cls.objective == "iwae" and particles:
@@ -98,7 +106,7 @@ def grid(
         RunConfig(dataset=d, model=m, estimator=e, kl=kl, k=k, seed=s, **options)
         for d in datasets
         for m in models
-        for e, kl, k in estimator_grid(particles, objective)
+        for e, kl, k in estimator_grid(particles, objective, MODELS[m].latent)
         for s in seeds
     )
 
@@ -108,11 +116,11 @@ def make_suites() -> dict[str, Suite]:
     return {
         "quick": Suite(
             "quick",
-            "every estimator and KL mode on mnist5k (multi-sample ones at K=2), 1 seed, 200 steps"
-            " (smoke test)",
+            "every estimator and KL mode on mnist5k (multi-sample ones at K=2; binary-latent ones"
+            " on linear200), 1 seed, 200 steps (smoke test)",
             grid(
                 ("mnist5k",),
-                ("mlp500",),
+                ("mlp500", "linear200"),
                 (0,),
                 particles=(2,),  # the smallest K at which the importance weights do anything
                 steps=200,
@@ -122,8 +130,9 @@ def make_suites() -> dict[str, Suite]:
                 nll_samples=50,
                 nll_examples=200,
                 timed_steps=5,
+                bias_draws=100,
             ),
-            expected_cpu_minutes=1.5,
+            expected_cpu_minutes=2.0,
         ),
         "default": Suite(
             "default",
@@ -143,10 +152,11 @@ def make_suites() -> dict[str, Suite]:
         "full": Suite(
             "full",
             "GPU-sized: full MNIST when present (else mnist5k), K&W and IWAE models, 5 seeds,"
-            " multi-sample estimators at K = 1, 5, 50 (vimco 2, 5, 50)",
+            " multi-sample estimators at K = 1, 5, 50 (vimco 2, 5, 50); binary-latent estimators"
+            " on the linear and nonlinear DisARM models",
             grid(
                 ("mnist",),
-                ("mlp500", "iwae1"),
+                ("mlp500", "iwae1", "linear200", "nonlinear200"),
                 (0, 1, 2, 3, 4),
                 particles=(1, 5, 50),
                 steps=100_000,
@@ -172,6 +182,22 @@ def make_suites() -> dict[str, Suite]:
                 nll_examples=500,
             ),
             expected_cpu_minutes=12.0,
+        ),
+        # Not in `default` (whose ~20 min it would double): the binary-latent models of Dong, Mnih
+        # & Tucker (2020), every binary-latent estimator and KL mode, same settings as default.
+        "discrete": Suite(
+            "discrete",
+            "binary-latent estimators (reinforce, reinforce_loo, arm, disarm at 2 evaluations;"
+            " gumbel, st_gumbel with their bias) on the linear and nonlinear 200-latent models,"
+            " mnist5k, 2 seeds, 3000 steps",
+            grid(
+                ("mnist5k",),
+                ("linear200", "nonlinear200"),
+                (0, 1),
+                steps=3000,
+                nll_examples=500,
+            ),
+            expected_cpu_minutes=20.0,
         ),
         # Rate–distortion: the pathwise and the best score-function estimator across β; the β = 1
         # runs are `default`'s (skipped by --resume when written into the same directory).

@@ -21,13 +21,14 @@ FAMILY_ERROR = 1e-3  # family-wise false-alarm rate of the Bonferroni z-test
 
 
 def all_configurations(objective: str | None = "elbo") -> list[tuple[str, str, int]]:
-    """Registered (estimator, KL mode, smallest K) whose gradient targets `objective` (None: all).
-    The multi-sample estimators (objective 'iwae') are tested against ∇L_K in test_multisample."""
+    """Registered Gaussian-latent (estimator, KL mode, smallest K) whose gradient targets
+    `objective` (None: all). The multi-sample estimators (objective 'iwae') are tested against
+    ∇L_K in test_multisample, the binary-latent ones in test_discrete."""
     return [
         (name, kl, max(cls.min_particles, 1))
         for name, cls in REGISTRY.items()
         for kl in cls.kl_modes
-        if objective is None or cls.objective == objective
+        if cls.latent == "gaussian" and (objective is None or cls.objective == objective)
     ]
 
 
@@ -279,6 +280,7 @@ def test_leave_one_out_needs_two_particles():
         (dict(activation="sigmoidal"), "unknown activation 'sigmoidal'; valid: tanh"),
         (dict(latent_dim=0), "latent_dim must be a positive integer"),
         (dict(hidden=(500, -1)), "hidden\\[1\\] must be a positive integer"),
+        (dict(latent="poisson"), "unknown latent type 'poisson'; valid: gaussian, bernoulli"),
     ],
 )
 def test_bad_model_config_is_refused(config, message):

@@ -9,6 +9,13 @@ G ∈ {encoder, decoder} (names as in results/runs.csv):
     grad_var_G    = Σ_j Var_r[ĝ_j]              trace of the covariance (unbiased, R − 1)
     grad_sqnorm_G = ‖mean_r ĝ‖²
     snr_G         = mean_j |mean_r ĝ_j| / std_r ĝ_j   (Rainforth et al. 2018), over j with std > 0
+
+For a biased estimator (one naming a `bias_reference`), R' draws of the unbiased reference give
+g_ref ≈ ∇L, and
+
+    grad_bias_G    = ‖ḡ − ḡ_ref‖² − tr Σ̂/R − tr Σ̂_ref/R'   unbiased estimate of ‖E ĝ − ∇L‖²
+    grad_bias_se_G = its standard error (coordinates treated as independent)
+    grad_mse_G     = grad_var_G + grad_bias_G               E‖ĝ − ∇L‖² of one draw
 """
 
 from __future__ import annotations
@@ -102,16 +109,78 @@ def variance_statistics(draws: torch.Tensor) -> dict[str, float]:
     }
 
 
+def gradient_moments(
+    estimator: Estimator,
+    x: torch.Tensor,
+    n_draws: int,
+    generator: torch.Generator | None = None,
+    method: str = "vmap",
+    chunk_draws: int = 100,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{group: (mean_r ĝ, Var_r ĝ per coordinate)} of n_draws gradient draws, computed
+    `chunk_draws` at a time (memory independent of n_draws) and combined exactly (the pairwise
+    update of Chan, Golub & LeVeque 1979), in float64."""
+    count = 0
+    moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # group → (mean, Σ squared devs)
+    while count < n_draws:
+        size = min(chunk_draws, n_draws - count)
+        chunk = gradient_draws(estimator, x, max(size, 2), generator, method)
+        for group, draws in chunk.items():
+            draws = draws[:size].double()
+            mean = draws.mean(0)
+            squares = (draws - mean).pow(2).sum(0)
+            if group in moments:
+                old_mean, old_squares = moments[group]
+                delta = mean - old_mean
+                mean = old_mean + delta * size / (count + size)
+                squares = old_squares + squares + delta.pow(2) * count * size / (count + size)
+            moments[group] = (mean, squares)
+        count += size
+    return {group: (mean, squares / (n_draws - 1)) for group, (mean, squares) in moments.items()}
+
+
+def bias_statistics(
+    draws: torch.Tensor,
+    reference_mean: torch.Tensor,
+    reference_var: torch.Tensor,
+    n_reference: int,
+) -> dict[str, float]:
+    """grad_bias, its standard error grad_bias_se, and grad_mse (see module docstring) of draws
+    (R, P) against a reference's per-coordinate mean and variance from n_reference draws.
+
+    With d = ḡ − ḡ_ref and v_j = Var ĝ_j/R + Var g_ref,j/R', E d_j² = b_j² + v_j, so
+    Σ_j (d_j² − v̂_j) is unbiased for ‖b‖². Its standard error treats coordinates as independent
+    (the covariance is not stored): Var d_j² = 2 v_j² + 4 b_j² v_j, with b_j² ≈ max(d_j² − v_j, 0).
+    """
+    draws = draws.double()
+    variance = draws.var(0, unbiased=True)
+    noise = variance / len(draws) + reference_var / n_reference
+    squared = (draws.mean(0) - reference_mean).pow(2)
+    bias = (squared - noise).sum().item()
+    squared_bias = (squared - noise).clamp(min=0)
+    se = (2 * noise.pow(2) + 4 * squared_bias * noise).sum().sqrt().item()
+    return {"grad_bias": bias, "grad_bias_se": se, "grad_mse": variance.sum().item() + bias}
+
+
 def gradient_statistics(
     estimator: Estimator,
     x: torch.Tensor,
     n_draws: int = 100,
     generator: torch.Generator | None = None,
     method: str = "vmap",
+    reference: Estimator | None = None,
+    n_reference_draws: int = 1000,
 ) -> dict[str, float]:
-    """{'grad_var_encoder': …, 'snr_decoder': …}: variance_statistics for each parameter group."""
+    """{'grad_var_encoder': …, 'snr_decoder': …}: variance_statistics for each parameter group,
+    and bias_statistics against `reference` (an unbiased estimator of the same gradient)."""
     stats = {}
-    for group, draws in gradient_draws(estimator, x, n_draws, generator, method).items():
-        for metric, value in variance_statistics(draws).items():
+    draws = gradient_draws(estimator, x, n_draws, generator, method)
+    for group, group_draws in draws.items():
+        for metric, value in variance_statistics(group_draws).items():
             stats[f"{metric}_{group}"] = value
+    if reference is not None:
+        moments = gradient_moments(reference, x, n_reference_draws, generator, method)
+        for group, (mean, var) in moments.items():
+            bias = bias_statistics(draws[group], mean, var, n_reference_draws)
+            stats.update({f"{metric}_{group}": value for metric, value in bias.items()})
     return stats

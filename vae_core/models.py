@@ -1,19 +1,23 @@
-"""Latent-variable models with a diagonal Gaussian q(z|x).
+"""Latent-variable models: a diagonal Gaussian or a factorised Bernoulli q(z|x).
 
-Every model exposes the four pieces an estimator needs — q(z|x) as (mean, log-variance),
+Every model exposes the pieces an estimator needs — the parameters of q(z|x) (`encode`),
 log p(z), log p(x|z) and the analytic KL(q(z|x) ‖ p(z)) — and says which parameters are the
-encoder's (φ, inference network) and which the generative model's (θ, "decoder").
+encoder's (φ, inference network) and which the generative model's (θ, "decoder"). Evaluation
+code uses only the latent-type-free part: `sample_posterior` and `rate`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from vae_core.objectives import (
+    analytic_kl_bernoulli,
     analytic_kl_standard_normal,
+    bernoulli_log_density,
     bernoulli_log_likelihood,
     diag_gaussian_log_density,
     standard_normal_log_density,
@@ -24,20 +28,28 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "softplus": nn.Softplus,
     "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
 }
 PARAMETER_GROUPS = ("encoder", "decoder")
+LATENT_TYPES = ("gaussian", "bernoulli")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """MLP VAE shape. Defaults: Kingma & Welling (2014) MNIST set-up, 500 tanh units, 20 latents."""
+    """MLP VAE shape. Defaults: Kingma & Welling (2014) MNIST set-up, 500 tanh units, 20 Gaussian
+    latents. `latent='bernoulli'` gives binary latents (`BinaryLatentVAE`)."""
 
     input_dim: int = 784
     hidden: tuple[int, ...] = (500,)
     latent_dim: int = 20
     activation: str = "tanh"
+    latent: str = "gaussian"
 
     def __post_init__(self) -> None:
+        if self.latent not in LATENT_TYPES:
+            raise ValueError(
+                f"unknown latent type {self.latent!r}; valid: {', '.join(LATENT_TYPES)}"
+            )
         if self.activation not in ACTIVATIONS:
             raise ValueError(
                 f"unknown activation {self.activation!r}; valid: {', '.join(ACTIVATIONS)}"
@@ -49,14 +61,12 @@ class ModelConfig:
                 raise ValueError(f"{label} must be a positive integer, got {size!r}")
 
 
-class GaussianLatentModel(nn.Module):
-    """Interface: q(z|x) = N(mean, diag exp(log_var)), prior p(z), likelihood p(x|z)."""
+class LatentModel(nn.Module):
+    """Interface shared by every latent type: prior p(z), likelihood p(x|z), posterior q(z|x)."""
 
+    latent: ClassVar[str]
+    input_dim: int
     latent_dim: int
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, log_var) of q(z|x), each of shape (M, latent_dim)."""
-        raise NotImplementedError
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
         """log p(z), summed over latent dimensions; z may carry leading sample dimensions."""
@@ -66,8 +76,15 @@ class GaussianLatentModel(nn.Module):
         """log p(x|z) for z of shape (..., M, latent_dim) and x of shape (M, D) → (..., M)."""
         raise NotImplementedError
 
-    def kl_to_prior(self, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-        """Analytic KL(q(z|x) ‖ p(z)) per example, shape (M,)."""
+    def sample_posterior(
+        self, x: torch.Tensor, n_samples: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z, log q(z|x)) for n_samples draws z ~ q(z|x) per example, shapes (n, M, latent_dim)
+        and (n, M); for evaluation (no gradient path is promised)."""
+        raise NotImplementedError
+
+    def rate(self, x: torch.Tensor) -> torch.Tensor:
+        """KL(q(z|x) ‖ p(z)) per example in closed form, shape (M,) (Alemi et al. 2018's rate)."""
         raise NotImplementedError
 
     def parameter_group(self, name: str) -> str:
@@ -82,6 +99,63 @@ class GaussianLatentModel(nn.Module):
             )
         if not torch.isfinite(x).all():
             raise ValueError("minibatch contains NaN or infinite values")
+
+
+class GaussianLatentModel(LatentModel):
+    """q(z|x) = N(mean, diag exp(log_var))."""
+
+    latent = "gaussian"
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log_var) of q(z|x), each of shape (M, latent_dim)."""
+        raise NotImplementedError
+
+    def kl_to_prior(self, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+        """Analytic KL(q(z|x) ‖ p(z)) per example, shape (M,)."""
+        raise NotImplementedError
+
+    def sample_posterior(
+        self, x: torch.Tensor, n_samples: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_var = self.encode(x)
+        noise = torch.randn(
+            (n_samples, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype
+        )
+        z = mean + torch.exp(0.5 * log_var) * noise
+        return z, diag_gaussian_log_density(z, mean, log_var)
+
+    def rate(self, x: torch.Tensor) -> torch.Tensor:
+        return self.kl_to_prior(*self.encode(x))
+
+
+class BernoulliLatentModel(LatentModel):
+    """q(b|x) = Π_d Bernoulli(b_d; σ(α_d)) with logits α = `encode(x)`, b ∈ {0, 1}^latent_dim."""
+
+    latent = "bernoulli"
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits α of q(b|x), shape (M, latent_dim)."""
+        raise NotImplementedError
+
+    def kl_to_prior(self, logits: torch.Tensor) -> torch.Tensor:
+        """Analytic KL(q(b|x) ‖ p(b)) per example, shape (M,)."""
+        raise NotImplementedError
+
+    def sample_posterior(
+        self, x: torch.Tensor, n_samples: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.encode(x)
+        uniform = torch.rand(
+            (n_samples, *logits.shape),
+            generator=generator,
+            device=logits.device,
+            dtype=logits.dtype,
+        )
+        b = (uniform < torch.sigmoid(logits)).to(logits.dtype)
+        return b, bernoulli_log_density(b, logits)
+
+    def rate(self, x: torch.Tensor) -> torch.Tensor:
+        return self.kl_to_prior(self.encode(x))
 
 
 def mlp(sizes: list[int], activation: str) -> nn.Sequential:
@@ -121,6 +195,41 @@ class BernoulliVAE(GaussianLatentModel):
 
     def kl_to_prior(self, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
         return analytic_kl_standard_normal(mean, log_var)
+
+
+class BinaryLatentVAE(BernoulliLatentModel):
+    """VAE with binary latents (the DisARM set-up, Dong, Mnih & Tucker 2020): q(b|x) an MLP to
+    Bernoulli logits, a factorised Bernoulli prior with learned logits (part of θ), and a
+    Bernoulli decoder MLP from b. `hidden=()` is the linear model D→200→D."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.input_dim = config.input_dim
+        self.latent_dim = config.latent_dim
+        hidden = list(config.hidden)
+        self.encoder = mlp([config.input_dim, *hidden, config.latent_dim], config.activation)
+        self.decoder = mlp(
+            [config.latent_dim, *reversed(hidden), config.input_dim], config.activation
+        )
+        self.prior_logits = nn.Parameter(torch.zeros(config.latent_dim))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        return bernoulli_log_density(z, self.prior_logits)
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return bernoulli_log_likelihood(x, self.decoder(z))
+
+    def kl_to_prior(self, logits: torch.Tensor) -> torch.Tensor:
+        return analytic_kl_bernoulli(logits, self.prior_logits)
+
+
+def build_model(config: ModelConfig) -> LatentModel:
+    """The MLP VAE for `config.latent`: `BernoulliVAE` (Gaussian z) or `BinaryLatentVAE`."""
+    return BinaryLatentVAE(config) if config.latent == "bernoulli" else BernoulliVAE(config)
 
 
 class LinearGaussianModel(GaussianLatentModel):

@@ -1,4 +1,5 @@
-"""ELBO pieces: Gaussian densities, analytic and Monte Carlo KL, the IWAE bound, log p(x).
+"""ELBO pieces: Gaussian and Bernoulli densities, analytic and Monte Carlo KL, the IWAE bound,
+log p(x).
 
 All log densities are summed over the event (last) dimension and are in nats.
 """
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from vae_core.models import GaussianLatentModel
+    from vae_core.models import GaussianLatentModel, LatentModel
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -39,6 +40,23 @@ def bernoulli_log_likelihood(x: torch.Tensor, logits: torch.Tensor) -> torch.Ten
     )
 
 
+def bernoulli_log_density(b: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """log Π_d Bernoulli(b_d; σ(α_d)) = Σ_d [b_d log σ(α_d) + (1 − b_d) log σ(−α_d)];
+    `b` and `logits` broadcast against each other (either may carry sample dimensions)."""
+    b, logits = torch.broadcast_tensors(b, logits)
+    return -F.binary_cross_entropy_with_logits(logits, b, reduction="none").sum(-1)
+
+
+def analytic_kl_bernoulli(logits: torch.Tensor, prior_logits: torch.Tensor) -> torch.Tensor:
+    """KL(Π Bern(σ(α)) ‖ Π Bern(σ(c))) = Σ_d [q_d (log σ(α_d) − log σ(c_d))
+    + (1 − q_d)(log σ(−α_d) − log σ(−c_d))], q = σ(α)."""
+    q = torch.sigmoid(logits)
+    return (
+        q * (F.logsigmoid(logits) - F.logsigmoid(prior_logits))
+        + (1 - q) * (F.logsigmoid(-logits) - F.logsigmoid(-prior_logits))
+    ).sum(-1)
+
+
 def analytic_kl_standard_normal(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
     """KL(N(μ, σ²) ‖ N(0, I)) = ½ Σ_d (μ_d² + σ_d² − 1 − log σ_d²)  (Kingma & Welling, App. B)."""
     return 0.5 * (mean.pow(2) + torch.exp(log_var) - 1.0 - log_var).sum(-1)
@@ -58,24 +76,16 @@ def iwae_bound(log_weights: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def log_weights(
-    model: GaussianLatentModel, x: torch.Tensor, n_samples: int, generator: torch.Generator | None
+    model: LatentModel, x: torch.Tensor, n_samples: int, generator: torch.Generator | None
 ) -> torch.Tensor:
     """log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x) for z_k ~ q(z|x); shape (n_samples, M)."""
-    mean, log_var = model.encode(x)
-    noise = torch.randn(
-        (n_samples, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype
-    )
-    z = mean + torch.exp(0.5 * log_var) * noise
-    return (
-        model.log_likelihood(x, z)
-        + model.log_prior(z)
-        - diag_gaussian_log_density(z, mean, log_var)
-    )
+    z, log_q = model.sample_posterior(x, n_samples, generator)
+    return model.log_likelihood(x, z) + model.log_prior(z) - log_q
 
 
 @torch.no_grad()
 def log_likelihood_estimate(
-    model: GaussianLatentModel,
+    model: LatentModel,
     x: torch.Tensor,
     n_samples: int,
     generator: torch.Generator | None = None,
@@ -99,18 +109,16 @@ def log_likelihood_estimate(
 
 @torch.no_grad()
 def distortion_and_rate(
-    model: GaussianLatentModel, x: torch.Tensor, generator: torch.Generator | None = None
+    model: LatentModel, x: torch.Tensor, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per example: distortion −log p(x|z) at one z ~ q(z|x), and rate KL(q(z|x) ‖ p(z)) in
     closed form (Alemi et al. 2018). ELBO = −(distortion + rate)."""
-    mean, log_var = model.encode(x)
-    noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-    z = mean + torch.exp(0.5 * log_var) * noise
-    return -model.log_likelihood(x, z), model.kl_to_prior(mean, log_var)
+    z, _ = model.sample_posterior(x, 1, generator)
+    return -model.log_likelihood(x, z[0]), model.rate(x)
 
 
 def elbo_estimate(
-    model: GaussianLatentModel, x: torch.Tensor, generator: torch.Generator | None = None
+    model: LatentModel, x: torch.Tensor, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Per-example ELBO, E_q[log p(x|z)] − KL(q‖p), with one z per example and the analytic KL."""
     distortion, rate = distortion_and_rate(model, x, generator)

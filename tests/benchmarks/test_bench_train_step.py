@@ -1,5 +1,6 @@
 """One whole optimiser step (forward, backward, Adam step, baseline update) per (estimator, KL
-mode, K) of the registry, on mlp500 with batch 100: the unit of the harness's `throughput`."""
+mode, K) of the registry, with batch 100 on mlp500 (Gaussian latents) or linear200 (binary
+latents): the unit of the harness's `throughput`."""
 
 from __future__ import annotations
 
@@ -13,15 +14,20 @@ from bench.suites import RunConfig, estimator_grid
 ROUNDS = 60
 WARMUP_ROUNDS = 5
 
-GRID = [pytest.param(name, kl, k, id=f"{name}-{kl}-K{k}") for name, kl, k in estimator_grid()]
+MODEL_BY_LATENT = {"gaussian": "mlp500", "bernoulli": "linear200"}
+GRID = [
+    pytest.param(model, name, kl, k, id=f"{name}-{kl}-K{k}")
+    for latent, model in MODEL_BY_LATENT.items()
+    for name, kl, k in estimator_grid(latent=latent)
+]
 
 
 @pytest.mark.benchmark(group="train-step")
-@pytest.mark.parametrize(("estimator_name", "kl", "k"), GRID)
+@pytest.mark.parametrize(("model", "estimator_name", "kl", "k"), GRID)
 def test_train_step(
-    benchmark, device, binary_batch, synchronized, estimator_name: str, kl: str, k: int
+    benchmark, device, binary_batch, synchronized, model: str, estimator_name: str, kl: str, k: int
 ) -> None:
-    config = RunConfig(estimator=estimator_name, kl=kl, k=k)
+    config = RunConfig(model=model, estimator=estimator_name, kl=kl, k=k)
     estimator = build_estimator(config, binary_batch.shape[1], device)
     optimizer = torch.optim.Adam(estimator.parameters(), lr=config.learning_rate)
     generator = torch.Generator(device=device).manual_seed(config.seed)

@@ -21,7 +21,8 @@ from vae_core.estimators.base import (
     register,
 )
 
-from vae_core.estimators import multisample  # noqa: F401  # isort: skip  (listed last)
+from vae_core.estimators import multisample  # noqa: F401  # isort: skip  (listed after)
+from vae_core.estimators import discrete  # noqa: F401  # isort: skip  (listed last)
 
 __all__ = [
     "KL_MODES",

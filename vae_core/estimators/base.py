@@ -17,6 +17,10 @@ Multi-sample estimators (`objective = "iwae"`, see `multisample`) target instead
 importance-weighted bound L_K = E[log (1/K) Σ_k w_k] (Burda et al. 2016), which equals the ELBO at
 K = 1 and tightens with K; for them `elbo` is the per-example estimate of L_K.
 
+Estimators for binary latents (`latent = "bernoulli"`, see `discrete`) have the same interface
+with uniform noise u ~ U(0, 1) in place of ε and the model's Bernoulli q(b|x); `make_estimator`
+refuses to pair an estimator with a model of the other latent type.
+
 Every estimator takes a KL weight β (β-VAE; Higgins et al. 2017), default 1: the objective becomes
 E_q[log p(x|z)] − β KL, i.e. log p(z) − log q(z|x) is weighted by β inside every log weight.
 """
@@ -31,7 +35,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from vae_core.models import GaussianLatentModel
+from vae_core.models import LatentModel
 from vae_core.objectives import diag_gaussian_log_density
 
 KL_MODES = ("analytic", "mc")
@@ -63,16 +67,25 @@ class Estimator(nn.Module):
     min_particles: ClassVar[int] = 1
     unsupported_reason: ClassVar[dict[str, str]] = {}  # KL mode → why it is refused
     objective: ClassVar[str] = "elbo"  # what the gradient estimates: "elbo", or "iwae" (L_K)
+    particles_multiple: ClassVar[int] = 1  # K must be a multiple of this (antithetic pairs: 2)
+    # A biased estimator names an unbiased one of the same gradient; the harness measures the
+    # bias against many draws of it.
+    bias_reference: ClassVar[str | None] = None
 
     def __init__(
         self,
-        model: GaussianLatentModel,
+        model: LatentModel,
         kl: str = "analytic",
         n_particles: int = 1,
         beta: float = 1.0,
     ):
         super().__init__()
         check_options(type(self), kl, n_particles, beta)
+        if model.latent != self.latent:
+            raise EstimatorError(
+                f"estimator {self.name!r} needs a model with {self.latent} latents,"
+                f" got one with {model.latent} latents"
+            )
         self.model = model
         self.kl = kl
         self.n_particles = n_particles
@@ -159,9 +172,15 @@ def check_options(cls: type[Estimator], kl: str, n_particles: int, beta: float =
             f"estimator {cls.name!r} does not support kl={kl!r}"
             f" (supported: {', '.join(cls.kl_modes)}){': ' + reason if reason else ''}"
         )
-    if not isinstance(n_particles, int) or n_particles < cls.min_particles:
+    if (
+        not isinstance(n_particles, int)
+        or n_particles < cls.min_particles
+        or n_particles % cls.particles_multiple
+    ):
+        step = cls.particles_multiple
+        multiple = f" and a multiple of {step}" if step > 1 else ""
         raise EstimatorError(
-            f"estimator {cls.name!r} needs n_particles (K) >= {cls.min_particles},"
+            f"estimator {cls.name!r} needs n_particles (K) >= {cls.min_particles}{multiple},"
             f" got {n_particles!r}"
         )
 
@@ -184,7 +203,7 @@ def register(name: str) -> Callable[[type[Estimator]], type[Estimator]]:
 
 def make_estimator(
     name: str,
-    model: GaussianLatentModel,
+    model: LatentModel,
     kl: str = "analytic",
     n_particles: int = 1,
     beta: float = 1.0,

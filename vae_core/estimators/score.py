@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from vae_core.estimators.base import Estimator, EstimatorOutput, register
-from vae_core.models import GaussianLatentModel, mlp
+from vae_core.models import LatentModel, mlp
 
 
 def score_function_surrogate(
@@ -47,7 +47,7 @@ class ScoreMovingAverage(Estimator):
 
     def __init__(
         self,
-        model: GaussianLatentModel,
+        model: LatentModel,
         kl: str = "analytic",
         n_particles: int = 1,
         beta: float = 1.0,
@@ -85,7 +85,7 @@ class ScoreNVIL(Estimator):
 
     def __init__(
         self,
-        model: GaussianLatentModel,
+        model: LatentModel,
         kl: str = "analytic",
         n_particles: int = 1,
         beta: float = 1.0,
