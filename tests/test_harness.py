@@ -29,6 +29,9 @@ CHECKPOINT_METRICS = {
     "train_seconds",
     *(f"{m}_{g}" for m in ("grad_var", "grad_sqnorm", "snr") for g in ("encoder", "decoder")),
 }
+BIAS_METRICS = {
+    f"{m}_{g}" for m in ("grad_bias", "grad_bias_se", "grad_mse") for g in ("encoder", "decoder")
+}
 FINAL_METRICS = {
     "nll_test",
     "nll_samples",
@@ -71,8 +74,10 @@ def test_quick_suite_writes_every_metric_for_every_configuration(quick_results):
             by_step.setdefault(int(row[STEP]), set()).add(row[METRIC])
             assert math.isfinite(float(row[VALUE])), row
         assert sorted(by_step) == checkpoints, key
+        biased = REGISTRY[key[2]].bias_reference is not None
         for step in checkpoints:
             assert CHECKPOINT_METRICS <= by_step[step], (key, step)
+            assert (BIAS_METRICS <= by_step[step]) == biased, (key, step)
         assert FINAL_METRICS <= by_step[checkpoints[-1]], key
 
 
@@ -104,6 +109,13 @@ def test_pathwise_beats_plain_score_function_in_quick_suite(quick_results):
         if row[METRIC] == "grad_var_encoder" and row[STEP] == "200":
             final[row[2], row[3]] = float(row[VALUE])
     assert final["reparam", "analytic"] * 100 < final["score", "analytic"]
+
+
+def test_quick_suite_trains_both_latent_types(quick_results):
+    models = {row[1]: row[2] for row in read_rows(quick_results / "runs.csv")}
+    assert {"mlp500", "linear200"} <= set(models)
+    for row in read_rows(quick_results / "runs.csv"):
+        assert REGISTRY[row[2]].latent == ("bernoulli" if row[1] == "linear200" else "gaussian")
 
 
 def test_resume_skips_finished_and_reruns_the_interrupted(tmp_path, capsys):

@@ -150,15 +150,16 @@ def bias_statistics(
 
     With d = ḡ − ḡ_ref and v_j = Var ĝ_j/R + Var g_ref,j/R', E d_j² = b_j² + v_j, so
     Σ_j (d_j² − v̂_j) is unbiased for ‖b‖². Its standard error treats coordinates as independent
-    (the covariance is not stored): Var d_j² = 2 v_j² + 4 b_j² v_j, with b_j² ≈ max(d_j² − v_j, 0).
+    (the covariance is not stored): Var Σ_j d_j² = Σ_j (2 v_j² + 4 b_j² v_j), with Σ_j b_j² v_j
+    estimated without bias by Σ_j (d_j² − v_j) v_j (floored at 0).
     """
     draws = draws.double()
     variance = draws.var(0, unbiased=True)
     noise = variance / len(draws) + reference_var / n_reference
-    squared = (draws.mean(0) - reference_mean).pow(2)
-    bias = (squared - noise).sum().item()
-    squared_bias = (squared - noise).clamp(min=0)
-    se = (2 * noise.pow(2) + 4 * squared_bias * noise).sum().sqrt().item()
+    excess = (draws.mean(0) - reference_mean).pow(2) - noise  # unbiased for b_j²
+    bias = excess.sum().item()
+    weighted_bias = (excess * noise).sum().clamp(min=0)
+    se = (2 * noise.pow(2).sum() + 4 * weighted_bias).sqrt().item()
     return {"grad_bias": bias, "grad_bias_se": se, "grad_mse": variance.sum().item() + bias}
 
 
