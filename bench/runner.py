@@ -4,7 +4,8 @@ Measurements (names as in runs.csv; definitions in vae_core.gradients and DESIGN
 at every checkpoint `elbo_train`, `elbo_test` (= −(`distortion_test` + `rate_test`)),
 `grad_var_*`, `grad_sqnorm_*`, `snr_*`, `train_seconds` (and `grad_bias_*`, `grad_mse_*` for a
 biased estimator); at the end `nll_test` (with
-`nll_samples`), `throughput`, `grad_seconds`, `work_var_*`, `grad_draws`, `grad_batched`. Every
+`nll_samples`), `throughput`, `grad_seconds`, `work_var_*`, `grad_draws` (and `bias_draws`),
+`grad_batched`. Every
 measurement draws from its own generator seeded from (run seed, step), so it neither perturbs
 training nor depends on what was measured before.
 """
@@ -207,6 +208,7 @@ def run_configuration(
         "work_var_encoder": last["grad_var_encoder"] * cost["grad_seconds"],
         "work_var_decoder": last["grad_var_decoder"] * cost["grad_seconds"],
         "grad_draws": config.grad_draws,
+        **({"bias_draws": config.bias_draws} if estimator.bias_reference else {}),
         "grad_batched": float(grad_method(device) == "vmap"),
     }
     record(config.steps, {**final, COMPLETE: 1.0})

@@ -1,6 +1,6 @@
 """The bias measurement of vae_core.gradients: chunked moments equal one-pass moments, and the
 debiased ‖E ĝ − ∇L‖² estimate and its standard error behave as derived, on Gaussian draws with a
-known bias."""
+known bias; and the SNR ignores rounding-level spread."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ import torch
 
 from tests.test_estimators import small_batch, small_vae
 from vae_core.estimators import make_estimator
-from vae_core.gradients import bias_statistics, gradient_draws, gradient_moments
+from vae_core.gradients import (
+    bias_statistics,
+    gradient_draws,
+    gradient_moments,
+    variance_statistics,
+)
 
 N_DIMS = 400
 
@@ -63,3 +68,16 @@ def test_bias_estimate_is_unbiased_and_its_standard_error_matches_the_spread():
 def test_a_real_bias_is_many_standard_errors_from_zero():
     estimates, errors = bias_estimates(0.2, repeats=5)  # ‖b‖² = 16
     assert (estimates / errors > 5).all()
+
+
+def test_snr_leaves_out_coordinates_that_vary_only_by_rounding():
+    """SNR per coordinate is |mean| / std (Rainforth et al. 2018). A coordinate constant but for
+    float32 rounding (relative spread ~1e-7) has no Monte Carlo noise and is left out, as an exactly
+    constant one is; one with a 1e-3 relative spread counts, with SNR ≈ 1000."""
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn((100, 3), generator=generator)
+    draws = torch.ones(100, 3) + noise * torch.tensor([0.0, 1e-7, 1e-3])
+    stats = variance_statistics(draws.float())
+    spread = draws[:, 2].std().item()
+    assert math.isclose(stats["snr"], draws[:, 2].mean().item() / spread, rel_tol=1e-4)
+    assert 500 < stats["snr"] < 2000

@@ -23,7 +23,9 @@ from bench.report import (
     toy_plot,
     write_report,
 )
-from bench.report.plots import Look
+from bench.report import runs as report_runs
+from bench.report.plots import Look, palette, section_palette
+from bench.report.tables import estimator_cell
 
 STEPS = (0, 10, 100, 1000)
 # Final test ELBO (nats) and encoder gradient variance (nats²) per estimator: stl best, score worst.
@@ -36,6 +38,12 @@ GRAD_SECONDS = {
     "iwae": 2.2e-3,
     "iwae_stl": 2.4e-3,
 }
+# Binary-latent estimators (model linear200): disarm is the variance and bias reference; gumbel
+# has little variance but a large bias², st_gumbel a debiased bias² below 0 (none detectable).
+FINAL_ELBO |= {"reinforce": -130.0, "disarm": -110.0, "gumbel": -112.0, "st_gumbel": -111.0}
+ENCODER_VARIANCE |= {"reinforce": 5.0e5, "disarm": 2.0e3, "gumbel": 40.0, "st_gumbel": 300.0}
+GRAD_SECONDS |= {"reinforce": 1.7e-3, "disarm": 3.0e-3, "gumbel": 2.0e-3, "st_gumbel": 2.0e-3}
+ENCODER_BIAS = {"gumbel": (4.0e3, 200.0), "st_gumbel": (-5.0, 10.0)}  # (bias², its se)
 DIVERGED = ("score", "mc", 1, 100)  # estimator, kl, seed, step
 BASE_ESTIMATORS = ("reparam", "stl", "score")
 RUN_COLUMNS = REQUIRED_COLUMNS[:5] + ("beta",) + REQUIRED_COLUMNS[5:]  # the harness's, with β
@@ -115,6 +123,28 @@ def extended_rows() -> list[tuple]:
     )
 
 
+def binary_rows(bias: bool = True) -> list[tuple]:
+    """Runs on the binary-latent model linear200: reinforce (K = 1) and disarm (K = 2) with both
+    KL modes, gumbel and st_gumbel (analytic KL) with, if `bias`, grad_bias_*, grad_bias_se_*
+    and grad_mse_* at every checkpoint (ENCODER_BIAS for the encoder)."""
+    rows = (
+        synthetic_rows(("reinforce",), diverged=None)
+        + synthetic_rows(("disarm",), ks=(2,), diverged=None)
+        + synthetic_rows(("gumbel", "st_gumbel"), kls=("analytic",), diverged=None)
+    )
+    rows = [(r[0], "linear200", *r[2:]) for r in rows]
+    extra = []
+    for row in rows:
+        estimator, metric, variance = row[2], row[9], row[10]
+        if not bias or estimator not in ENCODER_BIAS or not metric.startswith("grad_var_"):
+            continue
+        part = metric.removeprefix("grad_var_")
+        value, se = ENCODER_BIAS[estimator] if part == "encoder" else (1.0, 0.5)
+        for name, v in (("grad_bias", value), ("grad_bias_se", se), ("grad_mse", variance + value)):
+            extra.append((*row[:9], f"{name}_{part}", v))
+    return rows + extra
+
+
 def write_results(
     out: Path, rows: list[tuple] | None = None, gpu: bool = False, beta_column: bool = False
 ) -> Path:
@@ -168,6 +198,14 @@ def extended(tmp_path_factory) -> tuple[Path, list[Path]]:
     return out, write_report(out, toy=False)
 
 
+@pytest.fixture(scope="module")
+def binary(tmp_path_factory) -> tuple[Path, list[Path]]:
+    """One report (no toy plot) of the base runs plus `binary_rows`, bias metrics included."""
+    rows = synthetic_rows() + binary_rows()
+    out = write_results(tmp_path_factory.mktemp("binary"), rows, beta_column=True)
+    return out, write_report(out, toy=False)
+
+
 def cheap_toy(patch: pytest.MonkeyPatch) -> None:
     """Fewer draws and a coarser k grid for the toy plot: same code, a fraction of the time."""
     patch.setattr(toy_plot, "TOY_DRAWS", 2_000)
@@ -182,6 +220,11 @@ def table_rows(summary: str) -> list[list[str]]:
     """Cells of every data row of the markdown tables in summary.md."""
     rows = [line.strip("|").split(" | ") for line in summary.splitlines() if line.startswith("|")]
     return [[cell.strip() for cell in row] for row in rows if not row[0].strip().startswith(":")]
+
+
+def section(summary: str, title: str) -> str:
+    """The text of the `## title` section of summary.md."""
+    return summary.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
 
 
 def test_summary_names_every_estimator_with_no_empty_or_nan_cell(reported):
@@ -225,15 +268,20 @@ def test_variance_relative_to_reparam_with_the_same_kl(reported):
 
 
 @pytest.mark.parametrize(
-    ("results", "without"), [("reported", "snr_vs_k"), ("extended", "toy_variance")]
+    ("results", "without"),
+    [
+        ("reported", ("snr_vs_k", "bias_variance")),
+        ("extended", ("toy_variance", "bias_variance")),
+        ("binary", ("snr_vs_k", "toy_variance")),
+    ],
 )
 def test_every_plot_with_data_is_written_and_non_empty(results, without, request):
-    """The base runs have one K per estimator (no SNR-vs-K plot); the extended report is drawn
-    without the toy plot."""
+    """The base and binary runs have one K per estimator (no SNR-vs-K plot); only the binary
+    ones measure a bias; the extended and binary reports are drawn without the toy plot."""
     out, written = request.getfixturevalue(results)
     for name in report.PLOT_NAMES:
         path = out / "plots" / f"{name}.png"
-        if name == without:
+        if name in without:
             assert path not in written and not path.exists()
             continue
         assert path in written
@@ -454,11 +502,84 @@ def test_sweep_plots_are_linked_when_drawn(extended):
     assert "![rate_distortion](plots/rate_distortion.png)" in summary
 
 
-def test_extended_report_is_byte_identical_when_rerun(extended):
-    out, written = extended
+@pytest.mark.parametrize("results", ["extended", "binary"])
+def test_extended_report_is_byte_identical_when_rerun(results, request):
+    out, written = request.getfixturevalue(results)
     before = {path: path.read_bytes() for path in written}
     assert write_report(out, toy=False) == written
     assert all(path.read_bytes() == before[path] for path in written)
+
+
+def test_binary_section_compares_variance_with_disarm_and_shows_bias(binary):
+    out, _ = binary
+    summary = (out / "summary.md").read_text()
+    rows = table_rows(section(summary, "mnist5k / linear200"))
+    header, cells = rows[0], {(r[0].replace("*", ""), r[1]): r for r in rows[1:]}
+    assert "enc. var ÷ disarm" in header and "dec. var ÷ disarm" in header
+    bias, mse = header.index("enc. bias² (nats²)"), header.index("enc. MSE (nats²)")
+    assert cells[("gumbel (biased)", "analytic")][bias] == "4.00e3 ± 1.41e2"  # se 200/√2 seeds
+    assert cells[("st_gumbel (biased)", "analytic")][bias].startswith("-5.00e0 ± ")
+    assert cells[("reinforce", "mc")][bias] == cells[("disarm", "mc")][mse] == "—"
+    assert "R' draws of the unbiased disarm" in summary
+    assert "can be slightly negative where no bias is detectable" in summary
+    assert "÷ disarm is against disarm with the same KL mode (else analytic)" in summary
+    assert "and β (else 1) at K = 2, whatever the row's K" in summary
+    table = summary_table(load_runs(out)).set_index(["model", "estimator", "kl"])
+    disarm = table.loc[("linear200", "disarm", "analytic"), "grad_var_encoder"]
+    gumbel = table.loc[("linear200", "gumbel", "analytic")]
+    assert gumbel["grad_var_encoder_rel"] == pytest.approx(gumbel["grad_var_encoder"] / disarm)
+    assert gumbel["grad_mse_encoder"] == pytest.approx(gumbel["grad_var_encoder"] + 4.0e3)
+    gaussian = table_rows(section(summary, "mnist5k / mlp500"))[0]
+    assert "enc. var ÷ reparam" in gaussian and "enc. bias² (nats²)" not in gaussian
+    assert "![bias_variance](plots/bias_variance.png)" in summary
+    assert "nan" not in summary.lower()
+
+
+def test_without_bias_measurements_the_bias_plot_is_skipped(tmp_path, reported):
+    out = write_results(tmp_path, binary_rows(bias=False), beta_column=True)
+    written = write_report(out, toy=False)
+    summary = (out / "summary.md").read_text()
+    reason = "`plots/bias_variance.png`: skipped: no finished run has bias measurements"
+    assert reason in summary and reason in (reported[0] / "summary.md").read_text()
+    assert out / "plots" / "bias_variance.png" not in written
+    assert not (out / "plots" / "bias_variance.png").exists()
+    header = table_rows(summary)[0]
+    assert "enc. var ÷ disarm" in header and "enc. bias² (nats²)" not in header
+    assert "| gumbel (biased) | analytic |" in summary
+
+
+def test_a_section_without_reparam_or_disarm_has_empty_ratios_and_says_why(tmp_path):
+    rows = [row for row in binary_rows(bias=False) if row[2] != "disarm"]
+    write_report(write_results(tmp_path, rows, beta_column=True), toy=False)
+    summary = (tmp_path / "summary.md").read_text()
+    rows = table_rows(summary)
+    ratio = rows[0].index("enc. var ÷ reference")
+    assert {row[ratio] for row in rows[1:]} == {"—"}
+    assert "no reference estimator (reparam or disarm) in this section" in summary
+
+
+def test_estimators_with_a_bias_reference_are_marked_biased_at_any_k(monkeypatch):
+    assert estimator_cell("gumbel", 1) == "gumbel (biased)"
+    assert estimator_cell("st_gumbel", 4) == "st_gumbel (biased)"
+    assert estimator_cell("disarm", 2) == "disarm"
+    assert estimator_cell("iwae_stl", 1) == "iwae_stl"
+    assert estimator_cell("iwae_stl", 5) == "iwae_stl (biased for K > 1)"
+    monkeypatch.setattr(report_runs, "_registry", dict)  # vae_core absent: the known names
+    assert estimator_cell("gumbel", 1) == "gumbel (biased)"
+    assert estimator_cell("unknown", 1) == "unknown"
+
+
+def test_colours_are_distinct_within_each_section_and_reused_across_sections():
+    gaussian = [f"g{i}" for i in range(10)]  # the largest section keeps tab10 by sorted name
+    frame = pd.DataFrame(
+        [("mnist5k", "mlp500", name) for name in gaussian]
+        + [("mnist5k", "linear200", name) for name in ("b0", "b1", "g0")],
+        columns=["dataset", "model", "estimator"],
+    )
+    colours = section_palette(frame)
+    assert {name: colours[name] for name in gaussian} == palette(gaussian)
+    assert len({colours[name] for name in ("b0", "b1", "g0")}) == 3
+    assert colours["b0"] == colours["g1"]  # never in one section: the colour is reused
 
 
 def test_report_on_the_quick_suite_output(tmp_path):

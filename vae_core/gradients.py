@@ -8,7 +8,10 @@ G ∈ {encoder, decoder} (names as in results/runs.csv):
 
     grad_var_G    = Σ_j Var_r[ĝ_j]              trace of the covariance (unbiased, R − 1)
     grad_sqnorm_G = ‖mean_r ĝ‖²
-    snr_G         = mean_j |mean_r ĝ_j| / std_r ĝ_j   (Rainforth et al. 2018), over j with std > 0
+    snr_G         = mean_j |mean_r ĝ_j| / std_r ĝ_j   (Rainforth et al. 2018), over the j whose
+                    spread is more than float rounding: std_j > 1000·eps·|mean_j| (a coordinate
+                    that is deterministic but for rounding, e.g. an exact KL gradient plus score
+                    terms that cancel, would otherwise add an SNR of ~10⁷ to the mean)
 
 For a biased estimator (one naming a `bias_reference`), R' draws of the unbiased reference give
 g_ref ≈ ∇L, and
@@ -27,6 +30,7 @@ from vae_core.estimators import Estimator
 from vae_core.models import PARAMETER_GROUPS
 
 METHODS = ("vmap", "loop")
+ROUNDING_SPREAD = 1000  # std below this many eps × |mean| is rounding noise (see snr_G)
 
 
 def model_parameters(estimator: Estimator) -> dict[str, torch.Tensor]:
@@ -100,7 +104,7 @@ def variance_statistics(draws: torch.Tensor) -> dict[str, float]:
     """grad_var, grad_sqnorm and snr (see module docstring) of draws shaped (R, P)."""
     mean = draws.mean(0)
     std = draws.std(0, unbiased=True)
-    informative = std > 0
+    informative = std > ROUNDING_SPREAD * torch.finfo(draws.dtype).eps * mean.abs()
     snr = (mean.abs()[informative] / std[informative]).mean() if informative.any() else None
     return {
         "grad_var": draws.var(0, unbiased=True).sum().item(),

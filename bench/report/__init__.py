@@ -10,7 +10,7 @@ orders, no timestamps, PNGs saved without software metadata). Running configurat
 
 Modules: `runs` (reading and per-configuration status), `tables` (the summary table and its
 markdown), `plots` (the shared look), `training_plots`, `final_plots`, `sweep_plots` (SNR vs K,
-rate vs distortion) and `toy_plot` (the eight plots), `writer` (write_report) and `cli` (the
+rate vs distortion) and `toy_plot` (the nine plots), `writer` (write_report) and `cli` (the
 command).
 """
 

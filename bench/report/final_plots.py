@@ -1,6 +1,6 @@
 """Plots of final metrics, mean over seeds: encoder gradient variance against seconds per
-gradient (with the efficient frontier), training throughput per device, and analytic vs Monte
-Carlo KL for estimators run with both."""
+gradient (with the efficient frontier), training throughput per device, analytic vs Monte Carlo
+KL for estimators run with both, and the encoder gradient MSE split into variance and bias²."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from bench.report.plots import SERIES, Look, figure, figure_legend, save, series_of, where
-from bench.report.runs import GROUP, ROW
-from bench.report.tables import group_title, sig
+from bench.report.runs import GROUP, ROW, bias_reference_of
+from bench.report.tables import group_title, pooled_se, sig
 
 
 def _log_limits(set_limits, values: pd.Series, below: float, above: float) -> tuple[float, float]:
@@ -171,11 +171,13 @@ def plot_throughput(finals: pd.DataFrame, look: Look, path: Path) -> Path | None
     groups = sorted(stats.groupby(GROUP).groups)
     devices = sorted(set(stats["device"]))
     kls = sorted(set(stats["kl"]))
-    series = series_of(stats)
     hatches = {kl: ["", "///", "..", "xx"][i % 4] for i, kl in enumerate(kls)}
     height = 0.8 / len(kls)
-    fig, axes = figure(len(groups), len(devices), 0.24 * len(series) * len(kls) + 1.2)
+    in_group = {g: series_of(where(stats, dataset=g[0], model=g[1])) for g in groups}
+    heights = [0.24 * len(in_group[g]) * len(kls) + 1.2 for g in groups]
+    fig, axes = figure(len(groups), len(devices), heights)
     for i, group in enumerate(groups):
+        series = in_group[group]  # the section's own estimators only
         for j, device in enumerate(devices):
             ax = axes[i, j]
             panel = where(stats, dataset=group[0], model=group[1], device=device)
@@ -229,8 +231,8 @@ def plot_kl_modes(finals: pd.DataFrame, look: Look, path: Path) -> Path | None:
     means = means.merge(paired, on=GROUP + SERIES)
     groups = sorted(means.groupby(GROUP).groups)
     kls = sorted(set(means["kl"]))
-    n_series = means.drop_duplicates(GROUP + SERIES).groupby(GROUP).size().max()
-    fig, axes = figure(len(groups), len(needed), 0.45 * n_series + 1.4)
+    n_series = means.drop_duplicates(GROUP + SERIES).groupby(GROUP).size()
+    fig, axes = figure(len(groups), len(needed), [0.45 * n_series[g] + 1.4 for g in groups])
     labels = {
         "elbo_test": "final test ELBO (nats)",
         "grad_var_encoder": "final enc. gradient variance (nats², log)",
@@ -282,5 +284,117 @@ def plot_kl_modes(finals: pd.DataFrame, look: Look, path: Path) -> Path | None:
     fig.suptitle(
         f"KL term: analytic vs Monte Carlo (mean over seeds)\n"
         f"Δ = {last} − {first} (nats), × = {last} ÷ {first}"
+    )
+    return save(fig, path)
+
+
+BIAS_COLUMNS = ("grad_var_encoder", "grad_bias_encoder", "grad_bias_se_encoder")
+
+
+def _bias_points(finals: pd.DataFrame) -> pd.DataFrame:
+    """Per row key with a positive final encoder variance, in sections with any bias measured:
+    mean variance and bias² over seeds, the pooled standard error of the bias² (√Σse² / n),
+    `bias_drawn` (bias² clipped at 0) and `mse` (variance + bias_drawn)."""
+    if finals.empty or not set(BIAS_COLUMNS[:2]) <= set(finals.columns):
+        return pd.DataFrame()
+    data = finals.reindex(columns=list(BIAS_COLUMNS)).reset_index()
+    stats = data.groupby(ROW).agg(
+        variance=("grad_var_encoder", "mean"),
+        bias=("grad_bias_encoder", "mean"),
+        se=("grad_bias_se_encoder", pooled_se),
+    )
+    stats = stats[stats["variance"] > 0].reset_index()
+    measured = stats.groupby(GROUP)["bias"].transform(lambda b: b.notna().any())
+    stats = stats[measured].copy()
+    stats["bias_drawn"] = stats["bias"].clip(lower=0.0)
+    stats["mse"] = stats["variance"] + stats["bias_drawn"].fillna(0.0)
+    return stats
+
+
+def _bias_share_text(r) -> str:
+    """The text right of a biased row's bars: the share of bias² in the MSE, or that none shows."""
+    if r.bias <= 0:
+        return "bias² ≤ 0: none detected"
+    return f"bias² {r.bias_drawn / r.mse:.0%} of MSE"
+
+
+def _draw_bias_panel(ax, panel: pd.DataFrame, look: Look, several_kl: bool) -> None:
+    """One section: per row, a variance bar, below it (biased rows) a hatched bias² bar with
+    ±1 se, and a tick at the MSE; rows by MSE, lowest first; log x axis starting a decade or
+    more below the smallest value, so that every bar shows."""
+    panel = panel.sort_values(["mse", "estimator", "kl"], kind="mergesort")
+    values = pd.concat([panel["variance"], panel["mse"], panel["bias_drawn"]])
+    values = values[values > 0]
+    low, high = math.log10(values.min()), math.log10(values.max())
+    below = max(1.0, 0.15 * (high - low)) / max(high - low, 0.3)
+    x_span = _log_limits(ax.set_xlim, values, below, 0.3)
+    floor = 10.0 ** x_span[0]
+    height = 0.38
+    labels = []
+    for y, r in enumerate(panel.itertuples()):
+        colour = look.series_colour(r.estimator, r.k, r.beta)
+        biased = np.isfinite(r.bias)
+        ax.barh(
+            y - height / 2 if biased else y,
+            r.variance,
+            height=height,
+            color=colour,
+            edgecolor="white",
+        )
+        if biased:
+            light = tuple(np.array(colour) + (1.0 - np.array(colour)) * 0.55)
+            ax.barh(
+                y + height / 2, r.bias_drawn, height=height, color=light, hatch="///", ec=colour
+            )
+            if np.isfinite(r.se) and r.bias + r.se > floor:
+                ends = [max(r.bias - r.se, floor), r.bias + r.se]
+                ax.plot(ends, [y + height / 2] * 2, color="0.2", lw=1.2)
+        ax.plot([r.mse] * 2, [y - height, y + height], color="0.1", lw=2.2, zorder=4)
+        if biased:
+            ax.annotate(
+                _bias_share_text(r),
+                (max(r.mse, r.bias + (r.se if np.isfinite(r.se) else 0.0)), y),
+                xytext=(6, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=8.5,
+            )
+        labels.append(
+            look.label(r.estimator, r.k, r.beta) + (f" · KL {r.kl}" if several_kl else "")
+        )
+    ax.set_xscale("log")
+    ax.set_yticks(range(len(panel)), labels)
+    ax.set_ylim(len(panel) - 0.5, -0.5)
+    ax.grid(axis="y", visible=False)
+    ax.set_xlabel("final encoder gradient error (nats², log)")
+
+
+def plot_bias_variance(finals: pd.DataFrame, look: Look, path: Path) -> Path | None:
+    """Final encoder gradient MSE split into variance and bias², per row key, in each (dataset,
+    model) with bias measurements; None when no run has them."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    points = _bias_points(finals)
+    if points.empty:
+        return None
+    groups = sorted(points.groupby(GROUP).groups)
+    sizes = points.groupby(GROUP).size()
+    fig, axes = figure(len(groups), 1, [0.42 * sizes[g] + 1.3 for g in groups])
+    for i, group in enumerate(groups):
+        panel = where(points, dataset=group[0], model=group[1])
+        _draw_bias_panel(axes[i, 0], panel, look, panel["kl"].nunique() > 1)
+        biased = panel.dropna(subset=["bias"])["estimator"]
+        against = "/".join(sorted({name for e in biased if (name := bias_reference_of(e))}))
+        axes[i, 0].set_title(f"{group_title(group)} — bias² against {against or 'a reference'}")
+    handles = [
+        Patch(facecolor="0.55", edgecolor="white", label="variance"),
+        Patch(facecolor="0.85", edgecolor="0.55", hatch="///", label="bias² (± 1 se)"),
+        Line2D([], [], color="0.1", lw=2.2, label="MSE = variance + bias²"),
+    ]
+    figure_legend(fig, handles)
+    fig.suptitle(
+        "Encoder gradient error at the end of training (mean over seeds): variance and bias²\n"
+        "bias² is debiased, so ≤ 0 where no bias is detectable: drawn as 0; lower MSE is better"
     )
     return save(fig, path)

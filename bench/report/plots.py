@@ -1,6 +1,6 @@
 """The look shared by the report's plots: one seaborn theme, a colour per estimator (shaded by K
-and β) and a marker per KL mode, figures on the Agg canvas saved without metadata (byte-identical
-when redrawn), and the small helpers every plot uses."""
+and β; distinct within each (dataset, model)) and a marker per KL mode, figures on the Agg canvas
+saved without metadata (byte-identical when redrawn), and the small helpers every plot uses."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.report.runs import format_beta
+from bench.report.runs import GROUP, format_beta
 
 DPI = 120
 WIDTH = 8.5  # inches: 1020 px at DPI, legible when a README scales it to ~700 px
+LEGEND_COLUMNS = 5  # at most, in a figure legend
 
 
 def theme() -> dict[str, object]:
@@ -45,6 +46,35 @@ def palette(names: Iterable[str], name: str = "tab10") -> dict[str, tuple[float,
     return dict(zip(names, colours, strict=True))
 
 
+def section_palette(runs: pd.DataFrame) -> dict[str, tuple[float, float, float]]:
+    """A colour per estimator, distinct among the estimators of each (dataset, model) section.
+
+    `palette` (tab10 in sorted-name order) when there are at most 10 estimators, or when a
+    section has more; else tab10 assigned greedily, sections with most estimators first, each
+    estimator taking the first colour no estimator sharing a section with it has (so the largest
+    section keeps its sorted-name colours and sections with other estimators reuse them).
+    """
+    import seaborn as sns
+
+    names = sorted(set(runs["estimator"]))
+    sections = sorted(
+        (sorted(set(s)) for _, s in runs.groupby(GROUP)["estimator"]), key=lambda s: (-len(s), s)
+    )
+    if len(names) <= 10 or len(sections[0]) > 10:
+        return palette(names)
+    index: dict[str, int] = {}
+    for section in sections:
+        for name in section:
+            if name not in index:
+                taken = {index.get(o) for s in sections if name in s for o in s}
+                free = [i for i in range(10) if i not in taken]
+                if not free:
+                    return palette(names)
+                index[name] = free[0]
+    colours = sns.color_palette("tab10", 10)
+    return {name: colours[i] for name, i in sorted(index.items())}
+
+
 Series = tuple[str, int, float]  # (estimator, K, β): one line, colour and label
 SERIES: list[str] = ["estimator", "k", "beta"]
 
@@ -55,7 +85,7 @@ class Look:
     β other than 1); within an estimator, smaller (K, β) are drawn lighter."""
 
     def __init__(self, runs: pd.DataFrame) -> None:
-        self.colour = palette(runs["estimator"])
+        self.colour = section_palette(runs)
         self.ks = {e: sorted(set(k)) for e, k in runs.groupby("estimator")["k"]}
         self.betas = {e: sorted(set(b)) for e, b in runs.groupby("estimator")["beta"]}
         self.shades = {
@@ -84,14 +114,16 @@ class Look:
         return tuple(base + (1.0 - base) * fade)
 
 
-def figure(nrows: int, ncols: int, row_height: float):
-    """A constrained-layout Figure on the Agg canvas (no pyplot state) and a 2-D axes array."""
+def figure(nrows: int, ncols: int, row_height: float | Sequence[float]):
+    """A constrained-layout Figure on the Agg canvas (no pyplot state) and a 2-D axes array;
+    `row_height` in inches, one for every row or one per row."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(WIDTH, row_height * nrows + 0.6), layout="constrained")
+    heights = [row_height] * nrows if np.ndim(row_height) == 0 else list(row_height)
+    fig = Figure(figsize=(WIDTH, sum(heights) + 0.6), layout="constrained")
     FigureCanvasAgg(fig)
-    return fig, fig.subplots(nrows, ncols, squeeze=False)
+    return fig, fig.subplots(nrows, ncols, squeeze=False, height_ratios=heights)
 
 
 def save(fig, path: Path) -> Path:
@@ -113,17 +145,65 @@ def series_of(frame: pd.DataFrame) -> list[Series]:
     return sorted({(e, int(k), float(b)) for e, k, b in zip(*columns, strict=True)})
 
 
-def series_legend(fig, look: Look, series: Sequence[Series], extra=()) -> None:
-    """One figure legend: a colour per (estimator, K, β) series, then any `extra` handles."""
+def series_legend(fig, look: Look, frame: pd.DataFrame, extra=()) -> None:
+    """One figure legend: a colour per (estimator, K, β) series of `frame`, by (dataset, model)
+    section (see `section_legend`), then any `extra` handles."""
     from matplotlib.lines import Line2D
 
-    handles = [
-        Line2D([], [], color=look.series_colour(*s), lw=2.5, label=look.label(*s)) for s in series
+    sections = {
+        key: [
+            Line2D([], [], color=look.series_colour(*s), lw=2.5, label=look.label(*s))
+            for s in series_of(group)
+        ]
+        for key, group in frame.groupby(GROUP, sort=True)
+    }
+    section_legend(fig, sections, extra)
+
+
+def section_legend(fig, sections: dict[tuple[str, str], Sequence], extra: Sequence = ()) -> None:
+    """The figure's one legend below the panels, `sections` keyed by (dataset, model): with one
+    section its handles then `extra` (see `figure_legend`); with several, each section's handles
+    in whole columns under its title in bold (the model, with the dataset where several), as
+    colours repeat across sections; `extra` after the last one."""
+    from matplotlib.lines import Line2D
+
+    if len(sections) <= 1:
+        figure_legend(fig, [h for handles in sections.values() for h in handles] + list(extra))
+        return
+    several = len({dataset for dataset, _ in sections}) > 1
+    titles = [f"{d} / {m}" if several else m for d, m in sections]
+    blocks = [
+        [Line2D([], [], ls="", label=title), *handles]
+        for title, handles in zip(titles, sections.values(), strict=True)
     ]
-    figure_legend(fig, handles + list(extra))
+    rows = _legend_rows(blocks)
+
+    def blank() -> Line2D:
+        return Line2D([], [], ls="", label=" ")
+
+    if extra and len(extra) < -len(blocks[-1]) % rows:  # room below the last section, spaced
+        blocks[-1] += [blank(), *extra]
+    elif extra:
+        blocks.append(list(extra))
+        rows = _legend_rows(blocks)
+    handles = []
+    for block in blocks:
+        handles += block + [blank() for _ in range(-len(block) % rows)]
+    legend = fig.legend(handles=handles, loc="outside lower center", ncol=len(handles) // rows)
+    for text in legend.get_texts():
+        if text.get_text() in titles:
+            text.set_fontweight("bold")
+
+
+def _legend_rows(blocks: Sequence[Sequence]) -> int:
+    """The fewest legend rows that fit `blocks`, each starting a column, in LEGEND_COLUMNS."""
+    rows = 1
+    while sum(math.ceil(len(b) / rows) for b in blocks) > LEGEND_COLUMNS:
+        rows += 1
+    return rows
 
 
 def figure_legend(fig, handles: Sequence) -> None:
     """The figure's one legend, in rows below the panels."""
-    rows = math.ceil(len(handles) / 5)
+    rows = math.ceil(len(handles) / LEGEND_COLUMNS)
     fig.legend(handles=handles, loc="outside lower center", ncol=math.ceil(len(handles) / rows))

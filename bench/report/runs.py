@@ -45,18 +45,36 @@ COMPLETE = "run_complete"
 
 # Estimators of the IWAE bound L_K (K samples), for names vae_core's registry does not know.
 KNOWN_MULTISAMPLE = frozenset({"iwae", "dreg", "iwae_stl", "vimco"})
+# Biased estimators and their unbiased reference, for names vae_core's registry does not know.
+KNOWN_BIAS_REFERENCES = {"gumbel": "disarm", "st_gumbel": "disarm"}
+
+
+def _registry() -> dict[str, type]:
+    """vae_core's estimator registry, or {} where vae_core is absent (the report needs only
+    runs.csv)."""
+    try:
+        from vae_core.estimators import REGISTRY
+    except ImportError:
+        return {}
+    return REGISTRY
 
 
 def is_multisample(estimator: str) -> bool:
     """Whether `estimator` trains on the IWAE bound L_K (`objective == "iwae"` in the registry);
     a name the registry lacks (an older run) is looked up in KNOWN_MULTISAMPLE."""
-    try:
-        from vae_core.estimators import REGISTRY
-    except ImportError:  # the report needs only runs.csv
-        REGISTRY = {}
-    if estimator in REGISTRY:
-        return getattr(REGISTRY[estimator], "objective", "elbo") == "iwae"
+    registry = _registry()
+    if estimator in registry:
+        return getattr(registry[estimator], "objective", "elbo") == "iwae"
     return estimator in KNOWN_MULTISAMPLE
+
+
+def bias_reference_of(estimator: str) -> str | None:
+    """The unbiased estimator a biased `estimator`'s bias is measured against (its registry
+    `bias_reference`; KNOWN_BIAS_REFERENCES for a name the registry lacks); None if unbiased."""
+    registry = _registry()
+    if estimator in registry:
+        return getattr(registry[estimator], "bias_reference", None)
+    return KNOWN_BIAS_REFERENCES.get(estimator)
 
 
 class NoRunsError(FileNotFoundError):

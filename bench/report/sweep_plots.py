@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report.final_plots import _log_ticks, _tick_label
-from bench.report.plots import Look, figure, figure_legend, save, where
+from bench.report.plots import Look, figure, figure_legend, save, section_legend, where
 from bench.report.runs import GROUP, ROW, format_beta
 from bench.report.tables import group_title
 
@@ -137,7 +137,7 @@ def plot_rate_distortion(finals: pd.DataFrame, look: Look, path: Path) -> Path |
     groups = sorted(points.groupby(GROUP).groups)
     fig, axes = figure(len(groups), 1, 4.8)
     left_out: dict[str, float] = {}
-    drawn: set[tuple[str, int]] = set()  # (estimator, K): one legend entry each
+    drawn: dict[tuple, set[tuple[str, int]]] = {}  # per section, (estimator, K): a legend entry
     for i, group in enumerate(groups):
         ax = axes[i, 0]
         panel = where(points, dataset=group[0], model=group[1])
@@ -149,7 +149,7 @@ def plot_rate_distortion(finals: pd.DataFrame, look: Look, path: Path) -> Path |
         vary_beta = panel.groupby(["estimator", "kl", "k"])["beta"].nunique().max() > 1
         for (estimator, kl, k), s in panel.groupby(["estimator", "kl", "k"], sort=True):
             s = s.sort_values("beta")
-            drawn.add((estimator, int(k)))
+            drawn.setdefault(group, set()).add((estimator, int(k)))
             if len(s) > 1:
                 ax.plot(
                     s["rate_test"],
@@ -183,24 +183,27 @@ def plot_rate_distortion(finals: pd.DataFrame, look: Look, path: Path) -> Path |
         ax.set_title(group_title(group))
         ax.set_xlabel("rate KL(q‖p) (nats)")
         ax.set_ylabel("distortion −E log p(x|z) (nats)")
-    handles = [
-        Line2D(
-            [],
-            [],
-            color=look.series_colour(e, k, None),
-            ls="",
-            marker="o",
-            ms=7,
-            label=look.label(e, k, None),
-        )
-        for e, k in sorted(drawn)
-    ]
-    handles += [
+    sections = {
+        group: [
+            Line2D(
+                [],
+                [],
+                color=look.series_colour(e, k, None),
+                ls="",
+                marker="o",
+                ms=7,
+                label=look.label(e, k, None),
+            )
+            for e, k in sorted(pairs)
+        ]
+        for group, pairs in drawn.items()
+    }
+    extra = [
         Line2D([], [], color="0.3", ls="", marker=look.marker[kl], label=f"KL {kl}")
         for kl in sorted(set(points["kl"]))
     ]
-    handles.append(Line2D([], [], color="0.6", ls="--", lw=1, label="iso-ELBO"))
-    figure_legend(fig, handles)
+    extra.append(Line2D([], [], color="0.6", ls="--", lw=1, label="iso-ELBO"))
+    section_legend(fig, sections, extra)
     title = "Rate vs distortion at the end of training (mean over seeds); lower left is better"
     if left_out:
         names = sorted(left_out, key=lambda name: -left_out[name])

@@ -17,6 +17,7 @@ from bench.report.runs import (
     CONFIG,
     GROUP,
     ROW,
+    bias_reference_of,
     final_values,
     format_beta,
     is_multisample,
@@ -25,8 +26,10 @@ from bench.report.runs import (
 )
 
 DEVICES: tuple[str, ...] = ("cpu", "cuda")  # always given a throughput column ("—" if absent)
-REFERENCE = "reparam"  # relative variances are against this estimator
-# Estimators biased for K > 1, and how their table rows say so.
+# Relative variances in a (dataset, model) section are against the first of these it has.
+REFERENCES: tuple[str, ...] = ("reparam", "disarm")
+# Estimators biased only for K > 1, and how their table rows say so; an estimator naming a
+# `bias_reference` (runs.bias_reference_of) is marked "(biased)" at any K.
 BIASED = {"iwae_stl": "biased for K > 1"}
 MISSING = "—"
 SEED_MEANS = (
@@ -37,7 +40,13 @@ SEED_MEANS = (
     "grad_seconds",
     "work_var_encoder",
     "grad_draws",
+    "grad_bias_encoder",
+    "grad_mse_encoder",
+    "grad_bias_decoder",
+    "grad_mse_decoder",
 )
+# Standard errors of per-seed estimates: pooled as the standard error of their mean.
+SEED_STANDARD_ERRORS = ("grad_bias_se_encoder", "grad_bias_se_decoder")
 
 
 def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -47,12 +56,15 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     `diverged` (counts) and `divergence` (e.g. "diverged at step 300"); `elbo_test_mean/std`,
     `rate_test_mean`, `distortion_test_mean`, `nll_test_mean/std`, `nll_samples`; final
     `grad_var_encoder`, `grad_var_decoder`, `snr_encoder`, `grad_seconds`, `work_var_encoder`,
-    `grad_draws` (means over finished seeds); `grad_var_encoder_rel`, `grad_var_decoder_rel`
-    (÷ reparam, see `_relative`); `throughput_<device>` for cpu, cuda and any other device
-    present; `ranked_by` ("nll_test" or "elbo_test"). Sorted within each (dataset, model) so the
-    first row is the estimator to use: rows without divergence first, then by final test NLL,
-    lowest first, when every such row has one (NLL compares ELBO- and IWAE-trained models
-    fairly), else by final test ELBO, highest first.
+    `grad_draws`, `grad_bias_G`, `grad_mse_G` (means over finished seeds; the bias ones NaN for
+    unbiased estimators) and `grad_bias_se_G` (the standard error of that mean);
+    `variance_reference` (the section's reference estimator, see `variance_reference`) and
+    `grad_var_encoder_rel`, `grad_var_decoder_rel` (÷ that reference, see `_relative`);
+    `throughput_<device>` for cpu, cuda and any other device present; `ranked_by` ("nll_test" or
+    "elbo_test"). Sorted within each (dataset, model) so the first row is the estimator to use:
+    rows without divergence first, then by final test NLL, lowest first, when every such row has
+    one (NLL compares ELBO- and IWAE-trained models fairly), else by final test ELBO, highest
+    first.
     """
     status = run_status(runs)
     finals = final_values(runs, status)
@@ -81,6 +93,8 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
         )
         for metric in SEED_MEANS:
             record[metric] = _mean(final, metric)
+        for metric in SEED_STANDARD_ERRORS:
+            record[metric] = pooled_se(final[metric]) if metric in final else np.nan
         for name in devices:
             on_device = configs[(configs["device"] == name) & (configs["status"] == "finished")]
             record[f"throughput_{name}"] = _mean(_finals_of(finals, on_device), "throughput")
@@ -88,6 +102,10 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     if not records:
         return pd.DataFrame(columns=ROW)
     table = pd.DataFrame.from_records(records)
+    references = {key: variance_reference(g["estimator"]) for key, g in table.groupby(GROUP)}
+    table["variance_reference"] = [
+        references[key] for key in zip(table["dataset"], table["model"], strict=True)
+    ]
     for part in ("encoder", "decoder"):
         table[f"grad_var_{part}_rel"] = _relative(table, f"grad_var_{part}")
     table["_healthy"] = table["diverged"] == 0
@@ -126,6 +144,13 @@ def _std(frame: pd.DataFrame, column: str) -> float:
     return float(values.std(ddof=1)) if len(values) > 1 else np.nan
 
 
+def pooled_se(errors: pd.Series) -> float:
+    """Standard error of the mean of independent estimates with standard errors `errors`:
+    √(Σ se²) / n over the present ones; NaN without any."""
+    errors = errors.dropna()
+    return float(np.sqrt((errors**2).sum()) / len(errors)) if len(errors) else np.nan
+
+
 def _divergence_text(broken: pd.DataFrame, seeds: int) -> str:
     """'' if no seed diverged; 'diverged at step N' (all seeds), else which seeds and where."""
     if broken.empty:
@@ -141,13 +166,21 @@ def _divergence_text(broken: pd.DataFrame, seeds: int) -> str:
     return "; ".join(parts)
 
 
+def variance_reference(estimators: pd.Series) -> str | None:
+    """The reference of relative variances in a section: the first of REFERENCES among
+    `estimators` (reparam for Gaussian latents, disarm for binary ones), else None."""
+    present = set(estimators)
+    return next((name for name in REFERENCES if name in present), None)
+
+
 def _relative(table: pd.DataFrame, column: str) -> pd.Series:
-    """column ÷ reparam's in the same (dataset, model), at reparam's smallest K (K = 1) whatever
-    the row's K: same KL mode, else analytic; same β, else β = 1. NaN where no such reparam row
-    has a finite positive value. A K-sample row's extra cost shows in `work_var_encoder`."""
+    """column ÷ the `variance_reference` row's in the same (dataset, model), at the reference's
+    smallest K (reparam: K = 1) whatever the row's K: same KL mode, else analytic; same β, else
+    β = 1. NaN where no such reference row has a finite positive value. A K-sample row's extra
+    cost shows in `work_var_encoder`."""
     reference: dict[tuple, float] = {}
-    reparam = table[table["estimator"] == REFERENCE].sort_values("k", kind="mergesort")
-    for r in reparam.itertuples():
+    rows = table[table["estimator"] == table["variance_reference"]]
+    for r in rows.sort_values("k", kind="mergesort").itertuples():
         value = getattr(r, column)
         if np.isfinite(value) and value > 0:
             reference.setdefault((r.dataset, r.model, r.kl, r.beta), value)
@@ -167,8 +200,11 @@ def _relative(table: pd.DataFrame, column: str) -> pd.Series:
 
 
 def estimator_cell(estimator: str, k: int) -> str:
-    """The estimator's name, marked where it is known to be biased (STL on IWAE for K > 1)."""
-    return f"{estimator} ({BIASED[estimator]})" if estimator in BIASED and k > 1 else estimator
+    """The estimator's name, marked where it is known to be biased: "(biased)" for one with a
+    bias reference (gumbel, st_gumbel), "(biased for K > 1)" for STL on IWAE at K > 1."""
+    if estimator in BIASED:
+        return f"{estimator} ({BIASED[estimator]})" if k > 1 else estimator
+    return f"{estimator} (biased)" if bias_reference_of(estimator) else estimator
 
 
 # ------------------------------------------------------------------------------------ markdown
@@ -259,6 +295,8 @@ def _group_markdown(table: pd.DataFrame, envs: dict[str, dict[str, object]]) -> 
     devices = [c.removeprefix("throughput_") for c in table.columns if c.startswith("throughput_")]
     nll_k = sorted({int(k) for k in table["nll_samples"].dropna()})
     nll_header = "test NLL (nats" + (f", k={nll_k[0]})" if len(nll_k) == 1 else ")")
+    reference = _reference_name(table)
+    bias = has_bias(table)
     header = ["estimator", "KL"] + (["K"] if vary_k else []) + (["β"] if vary_beta else [])
     header += [
         "test ELBO (nats)",
@@ -266,9 +304,10 @@ def _group_markdown(table: pd.DataFrame, envs: dict[str, dict[str, object]]) -> 
         "distortion (nats)",
         nll_header,
         "enc. grad var (nats²)",
-        "enc. var ÷ reparam",
+        f"enc. var ÷ {reference}",
+        *(["enc. bias² (nats²)", "enc. MSE (nats²)"] if bias else []),
         "dec. grad var (nats²)",
-        "dec. var ÷ reparam",
+        f"dec. var ÷ {reference}",
         "enc. SNR",
         *[f"throughput {d} (examples/s)" for d in devices],
         "time per gradient (s)",
@@ -297,6 +336,8 @@ def _group_markdown(table: pd.DataFrame, envs: dict[str, dict[str, object]]) -> 
             nll,
             sci(r.grad_var_encoder),
             sig(r.grad_var_encoder_rel),
+            *([_bias_cell(r.grad_bias_encoder, r.grad_bias_se_encoder)] if bias else []),
+            *([sci(r.grad_mse_encoder)] if bias else []),
             sci(r.grad_var_decoder),
             sig(r.grad_var_decoder_rel),
             sig(r.snr_encoder),
@@ -332,6 +373,60 @@ def _one_decimal(x: float) -> str:
     return f"{x:.1f}" if np.isfinite(x) else MISSING
 
 
+def _bias_cell(bias: float, se: float) -> str:
+    """'bias² ± standard error' in scientific notation; — for an unbiased row."""
+    if not np.isfinite(bias):
+        return MISSING
+    return f"{sci(bias)} ± {sci(se)}" if np.isfinite(se) else sci(bias)
+
+
+def has_bias(table: pd.DataFrame) -> bool:
+    """Whether any row of `table` has a finite encoder bias measurement."""
+    return "grad_bias_encoder" in table and bool(np.isfinite(table["grad_bias_encoder"]).any())
+
+
+def _reference_name(table: pd.DataFrame) -> str:
+    """The section's variance reference, or "reference" (the columns stay empty) without one."""
+    names = table["variance_reference"].dropna()
+    return str(names.iloc[0]) if len(names) else "reference"
+
+
+def _variance_note(table: pd.DataFrame, draw_text: str) -> str:
+    """What the gradient variance and its ratio to the section's reference are."""
+    text = (
+        f"Gradient variance: trace of the covariance of the minibatch-mean ELBO gradient{draw_text}"
+    )
+    reference = table["variance_reference"].dropna()
+    if reference.empty:
+        names = " or ".join(REFERENCES)
+        return f"{text}; no reference estimator ({names}) in this section for the ratios."
+    name = str(reference.iloc[0])
+    k = int(table.loc[table["estimator"] == name, "k"].min())
+    others = (
+        "for K-sample rows too (their extra cost shows in enc. var × time)"
+        if k == 1
+        else "whatever the row's K (differences in cost show in enc. var × time)"
+    )
+    return (
+        f"{text}; ÷ {name} is against {name} with the same KL mode (else analytic) and β (else 1) "
+        f"at K = {k}, {others}."
+    )
+
+
+def _bias_note(table: pd.DataFrame) -> str:
+    """What the bias² and MSE columns are, naming the unbiased reference they are measured by."""
+    biased = table.loc[np.isfinite(table["grad_bias_encoder"]), "estimator"]
+    names = sorted({name for e in biased if (name := bias_reference_of(e))})
+    against = f"the unbiased {'/'.join(names)}" if names else "an unbiased reference estimator"
+    return (
+        "Enc. bias² = ‖E ĝ − ∇L‖² of a biased estimator's encoder gradient, estimated against R' "
+        f"draws of {against} (same KL mode and β, same parameters) and debiased (the noise of "
+        "both means subtracted), so it can be slightly negative where no bias is detectable; ± "
+        "its standard error (of the mean over seeds). Enc. MSE = variance + bias², the mean "
+        f"squared error of one gradient draw; {MISSING} for unbiased estimators."
+    )
+
+
 def _notes(table: pd.DataFrame, by_nll: bool, vary_beta: bool) -> str:
     """The paragraph under a table: what the cells are, how rows are sorted and compared."""
     seeds = "/".join(str(s) for s in sorted(set(table["seeds"])))
@@ -352,11 +447,9 @@ def _notes(table: pd.DataFrame, by_nll: bool, vary_beta: bool) -> str:
             "seeds); test ELBO = −(rate + distortion)"
             + (", with β = 1 whatever the training β." if vary_beta else ".")
         )
-    notes += [
-        "Gradient variance: trace of the covariance of the minibatch-mean ELBO gradient"
-        f"{draw_text}; ÷ reparam is against reparam with the same KL mode (else analytic) and "
-        "β (else 1) at K = 1, for K-sample rows too (their extra cost shows in enc. var × time).",
-    ]
+    notes.append(_variance_note(table, draw_text))
+    if has_bias(table):
+        notes.append(_bias_note(table))
     betas = sorted(set(table["beta"]))
     if not vary_beta and betas != [1.0]:
         notes.append(f"Every row has β = {format_beta(betas[0])} (the weight of the KL term).")

@@ -4,14 +4,17 @@ variance vs step, and test ELBO vs step and vs wall-clock seconds."""
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from bench.report.plots import SERIES, Look, figure, save, series_legend, series_of, where
+from bench.report.plots import SERIES, Look, figure, save, series_legend, where
 from bench.report.runs import DIVERGED, GROUP, ROW
 from bench.report.tables import group_title
+
+TITLE_CHARACTERS = 85  # a figure title line wider than this is cut off at WIDTH
 
 
 def _seed_curves(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -64,7 +67,7 @@ def plot_grad_var(runs: pd.DataFrame, look: Look, path: Path) -> Path | None:
             ax.set_xlabel("training step (symlog)")
             ax.set_ylabel("enc. gradient variance (nats²)" if j == 0 else "")
     diverged = Line2D([], [], color="0.3", ls="", marker="x", ms=8, mew=2, label="diverged")
-    series_legend(fig, look, series_of(curves), extra=[diverged] if not stops.empty else [])
+    series_legend(fig, look, curves, extra=[diverged] if not stops.empty else [])
     fig.suptitle("Encoder gradient variance during training (mean over seeds; band: min–max)")
     return save(fig, path)
 
@@ -120,11 +123,14 @@ def plot_elbo(runs: pd.DataFrame, finals: pd.DataFrame, look: Look, path: Path) 
                 "training step (symlog)" if x == "step" else "training wall-clock (s, symlog)"
             )
             ax.set_ylabel("test ELBO (nats)" if j == 0 else "")
-    series_legend(fig, look, series_of(curves))
+    series_legend(fig, look, curves)
     title = "Test ELBO (mean over seeds; band: min–max); y axis zoomed on the best estimators"
     if below:
         names = sorted(below, key=lambda name: -below[name])
-        shown = ", ".join(f"{name} ({below[name]:.0f})" for name in names[:4])
-        title += f"\nfinal ELBO below the frame: {shown}{', …' if len(names) > 4 else ''}"
+        # Non-breaking spaces keep each "name (ELBO)" on one line of the wrapped title.
+        entries = [f"{name} ({below[name]:.0f})".replace(" ", "\u00a0") for name in names[:4]]
+        shown = ", ".join(entries)
+        below_text = f"final ELBO below the frame: {shown}{', …' if len(names) > 4 else ''}"
+        title += "\n" + textwrap.fill(below_text, TITLE_CHARACTERS, break_on_hyphens=False)
     fig.suptitle(title)
     return save(fig, path)

@@ -5,7 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.report import toy_plot
-from bench.report.final_plots import plot_kl_modes, plot_throughput, plot_variance_cost
+from bench.report.final_plots import (
+    plot_bias_variance,
+    plot_kl_modes,
+    plot_throughput,
+    plot_variance_cost,
+)
 from bench.report.plots import Look, theme
 from bench.report.runs import (
     CONFIG,
@@ -33,6 +38,11 @@ PLOT_CAPTIONS = {
     "decoder SNR rising as O(√K).",
     "rate_distortion": "Final distortion vs rate per estimator, KL mode, K and β, with iso-ELBO "
     "lines (rate + distortion = −ELBO): where each estimator sits on the rate–distortion plane.",
+    "bias_variance": "Final encoder gradient error per estimator, in the sections with a biased "
+    "estimator: variance (solid) and bias² (hatched, ± 1 standard error) side by side, and their "
+    "sum, the MSE (tick). Bias² is measured against draws of the unbiased reference estimator "
+    "and debiased, so it is ≤ 0 where no bias is detectable; such values are drawn as 0 (no bar) "
+    "on the log axis.",
     "toy_variance": "Toy problem: estimator variance vs k for three costs, exact and empirical.",
 }
 PLOT_NAMES: tuple[str, ...] = tuple(PLOT_CAPTIONS)  # in the order summary.md lists them
@@ -46,6 +56,8 @@ SKIP_REASONS = {
     "snr_decoder measured)",
     "rate_distortion": "no finished run with rate_test and distortion_test (runs.csv predates "
     "them)",
+    "bias_variance": "no finished run has bias measurements (grad_bias_encoder, recorded for "
+    "biased estimators such as gumbel and st_gumbel)",
 }
 
 
@@ -79,6 +91,9 @@ def write_report(out_dir: Path, toy: bool = True) -> list[Path]:
         drawn["snr_vs_k"] = plot_snr_vs_k(primary_finals, look, plots / "snr_vs_k.png")
         drawn["rate_distortion"] = plot_rate_distortion(
             primary_finals, look, plots / "rate_distortion.png"
+        )
+        drawn["bias_variance"] = plot_bias_variance(
+            primary_finals, look, plots / "bias_variance.png"
         )
         if toy:
             drawn["toy_variance"] = toy_plot.plot_toy(plots / "toy_variance.png")
