@@ -294,3 +294,14 @@ def test_report_reads_the_quick_suite_output(quick_results, capsys):
     assert "nan" not in summary.lower()
     assert (quick_results / "plots" / "snr_vs_k.png").exists() is False  # quick has one K each
     assert (quick_results / "plots" / "rate_distortion.png").stat().st_size > 0
+
+
+def test_list_names_every_estimator_with_its_latent_type_and_every_model_and_suite(capsys):
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name, cls in REGISTRY.items():
+        line = next(line for line in lines if line.split()[:1] == [name])
+        assert f"{cls.latent} latents" in line
+    assert any("even" in line for line in lines if line.split()[:1] == ["disarm"])
+    for name in ("mlp500", "iwae1", "linear200", "nonlinear200", "quick", "default", "discrete"):
+        assert any(line.split()[:1] == [name] for line in lines), name
