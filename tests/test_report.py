@@ -25,7 +25,7 @@ from bench.report import (
 )
 from bench.report import runs as report_runs
 from bench.report.plots import Look, palette, section_palette
-from bench.report.tables import estimator_cell
+from bench.report.tables import _env_line, estimator_cell
 
 STEPS = (0, 10, 100, 1000)
 # Final test ELBO (nats) and encoder gradient variance (nats²) per estimator: stl best, score worst.
@@ -597,3 +597,19 @@ def test_report_on_the_quick_suite_output(tmp_path):
     assert all(cell for row in rows for cell in row)
     assert "nan" not in summary.lower()
     assert "plots/snr_vs_k.png`: skipped" in summary  # K fixed per estimator
+
+
+def test_environment_line_lists_every_command_when_suites_share_a_directory():
+    """Sections can come from different commands (--resume adds suites); each is named with its
+    threads and commit, oldest first, rather than only the latest."""
+    older = {"suite": "default", "threads": 2, "git_commit": "1111111111111111-dirty"}
+    latest = {"device_name": "CPU X", "suite": "discrete", "threads": 1, "git_commit": "2222222"}
+    line = _env_line({**latest, "history": [older]}, "cpu")
+    assert line == (
+        "Environment (cpu): CPU X; runs written by, oldest first: "
+        "suite default (2 threads, commit 111111111111-dirty), "
+        "suite discrete (1 thread, commit 2222222)"
+    )
+    assert _env_line(latest, "cpu") == (
+        "Environment (cpu): CPU X; 1 thread; commit 2222222; suite discrete"
+    )

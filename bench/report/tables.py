@@ -262,20 +262,44 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]], right: Seque
 
 
 def _env_line(env: dict[str, object], device: str) -> str:
+    """The machine, and the command(s) that wrote the runs: with a `history` (suites added with
+    --resume), every command, oldest first, with its threads and commit, since sections can come
+    from different commands."""
     parts = []
     name = env.get("device_name") or env.get("cpu")
     if name:
         parts.append(str(name))
     if env.get("torch"):
         parts.append(f"torch {env['torch']}")
-    if env.get("threads"):
-        parts.append(f"{env['threads']} threads")
-    if env.get("git_commit"):
-        commit, _, suffix = str(env["git_commit"]).partition("-")  # e.g. 037e26b-dirty
-        parts.append(f"commit {commit[:12]}{'-' + suffix if suffix else ''}")
-    if env.get("suite"):
-        parts.append(f"suite {env['suite']}")
+    history = env.get("history")
+    if isinstance(history, list) and history:
+        commands = [_command_text(entry) for entry in [*history, env] if isinstance(entry, dict)]
+        parts.append("runs written by, oldest first: " + ", ".join(commands))
+    else:
+        if env.get("threads"):
+            parts.append(_threads_text(env["threads"]))
+        if env.get("git_commit"):
+            parts.append(f"commit {_commit_text(env['git_commit'])}")
+        if env.get("suite"):
+            parts.append(f"suite {env['suite']}")
     return f"Environment ({device}): " + ("; ".join(parts) if parts else "no env.json")
+
+
+def _threads_text(threads: object) -> str:
+    return f"{threads} thread{'' if threads == 1 else 's'}"
+
+
+def _commit_text(commit: object) -> str:
+    """A git commit to 12 characters, keeping a '-dirty' suffix: 037e26b-dirty."""
+    sha, _, suffix = str(commit).partition("-")
+    return f"{sha[:12]}{'-' + suffix if suffix else ''}"
+
+
+def _command_text(entry: dict[str, object]) -> str:
+    """'suite default (2 threads, commit 7aabe55-dirty)' for one env.json record."""
+    details = [_threads_text(entry["threads"])] if entry.get("threads") else []
+    details += [f"commit {_commit_text(entry['git_commit'])}"] if entry.get("git_commit") else []
+    return f"suite {entry.get('suite', '?')}" + (f" ({', '.join(details)})" if details else "")
 
 
 def summary_markdown(table: pd.DataFrame, envs: dict[str, dict[str, object]]) -> list[str]:
