@@ -120,7 +120,7 @@ class ARM(AntitheticPairEstimator):
 
     summary = "augment-REINFORCE-merge, antithetic pairs, K evaluations (Yin & Zhou 2019)"
 
-    def logit_gradient(self, u, logits, b, b_anti, f, f_anti):  # noqa: D102
+    def logit_gradient(self, u, logits, b, b_anti, f, f_anti):
         return (f_anti - f).unsqueeze(-1) * (u - 0.5)
 
 
@@ -131,7 +131,7 @@ class DisARM(AntitheticPairEstimator):
 
     summary = "ARM with the uniform integrated out given the pair (Dong et al. 2020)"
 
-    def logit_gradient(self, u, logits, b, b_anti, f, f_anti):  # noqa: D102
+    def logit_gradient(self, u, logits, b, b_anti, f, f_anti):
         sign = 1 - 2 * b_anti  # (−1)^b̃
         differ = (b != b_anti).to(logits.dtype)
         return 0.5 * (f - f_anti).unsqueeze(-1) * sign * differ * torch.sigmoid(logits.abs())
