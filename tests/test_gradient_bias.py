@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from tests.test_estimators import small_batch, small_vae
@@ -25,13 +26,16 @@ def gaussian_draws(n: int, mean: torch.Tensor, std: torch.Tensor, seed: int) -> 
     return mean + std * torch.randn((n, len(mean)), generator=generator, dtype=torch.float64)
 
 
-def test_chunked_moments_equal_one_pass_moments():
-    """Same generator, same noise: 250 draws in chunks of 100 combine to the one-pass mean and
-    per-coordinate variance."""
+@pytest.mark.parametrize(("n_draws", "chunk_draws"), [(250, 100), (5, 2)])
+def test_chunked_moments_equal_one_pass_moments(n_draws, chunk_draws):
+    """Same generator, same noise: draws in chunks (84 + 83 + 83; 3 + 2) combine to the
+    one-pass mean and per-coordinate variance."""
     estimator = make_estimator("score_loo", small_vae(), "mc", 2)
     x = small_batch()
-    draws = gradient_draws(estimator, x, 250, torch.Generator().manual_seed(0), "loop")
-    moments = gradient_moments(estimator, x, 250, torch.Generator().manual_seed(0), "loop", 100)
+    generator = torch.Generator().manual_seed(0)
+    draws = gradient_draws(estimator, x, n_draws, generator, "loop")
+    generator = torch.Generator().manual_seed(0)
+    moments = gradient_moments(estimator, x, n_draws, generator, "loop", chunk_draws)
     for group, (mean, var) in moments.items():
         assert torch.allclose(mean, draws[group].double().mean(0), rtol=1e-9, atol=1e-12)
         assert torch.allclose(var, draws[group].double().var(0), rtol=1e-9, atol=1e-12)

@@ -121,16 +121,20 @@ def gradient_moments(
     method: str = "vmap",
     chunk_draws: int = 100,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{group: (mean_r ĝ, Var_r ĝ per coordinate)} of n_draws gradient draws, computed
-    `chunk_draws` at a time (memory independent of n_draws) and combined exactly (the pairwise
-    update of Chan, Golub & LeVeque 1979), in float64."""
+    """{group: (mean_r ĝ, Var_r ĝ per coordinate)} of n_draws gradient draws, computed in
+    near-equal chunks of about `chunk_draws` (memory independent of n_draws) and combined
+    exactly (the pairwise update of Chan, Golub & LeVeque 1979), in float64. The draws consume
+    the generator as one `gradient_draws(n_draws)` call would."""
+    if n_draws < 2:
+        raise ValueError(f"n_draws must be >= 2 to estimate a variance, got {n_draws}")
+    n_chunks = min(-(-n_draws // chunk_draws), n_draws // 2)  # chunks of >= 2 draws
+    sizes = [n_draws // n_chunks + (i < n_draws % n_chunks) for i in range(n_chunks)]
     count = 0
     moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # group → (mean, Σ squared devs)
-    while count < n_draws:
-        size = min(chunk_draws, n_draws - count)
-        chunk = gradient_draws(estimator, x, max(size, 2), generator, method)
+    for size in sizes:
+        chunk = gradient_draws(estimator, x, size, generator, method)
         for group, draws in chunk.items():
-            draws = draws[:size].double()
+            draws = draws.double()
             mean = draws.mean(0)
             squares = (draws - mean).pow(2).sum(0)
             if group in moments:

@@ -3,13 +3,13 @@
 Every model exposes the pieces an estimator needs — the parameters of q(z|x) (`encode`),
 log p(z), log p(x|z) and the analytic KL(q(z|x) ‖ p(z)) — and says which parameters are the
 encoder's (φ, inference network) and which the generative model's (θ, "decoder"). Evaluation
-code uses only the latent-type-free part: `sample_posterior` and `rate`.
+code uses only the latent-type-free part, `sample_posterior`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -61,6 +61,20 @@ class ModelConfig:
                 raise ValueError(f"{label} must be a positive integer, got {size!r}")
 
 
+class PosteriorSample(NamedTuple):
+    """z: n draws z ~ q(z|x), (n, M, latent_dim); log_q: log q(z|x), (n, M); rate: the closed-form
+    KL(q(z|x) ‖ p(z)) per example, (M,) (Alemi et al. 2018's rate)."""
+
+    z: torch.Tensor
+    log_q: torch.Tensor
+    rate: torch.Tensor
+
+
+def bernoulli_sample(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """b = 1[u < σ(α)] ~ Bernoulli(σ(α)) for u ~ U(0, 1), as a float tensor (no path to α)."""
+    return (uniform < torch.sigmoid(logits)).to(logits.dtype)
+
+
 class LatentModel(nn.Module):
     """Interface shared by every latent type: prior p(z), likelihood p(x|z), posterior q(z|x)."""
 
@@ -78,13 +92,9 @@ class LatentModel(nn.Module):
 
     def sample_posterior(
         self, x: torch.Tensor, n_samples: int, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(z, log q(z|x)) for n_samples draws z ~ q(z|x) per example, shapes (n, M, latent_dim)
-        and (n, M); for evaluation (no gradient path is promised)."""
-        raise NotImplementedError
-
-    def rate(self, x: torch.Tensor) -> torch.Tensor:
-        """KL(q(z|x) ‖ p(z)) per example in closed form, shape (M,) (Alemi et al. 2018's rate)."""
+    ) -> PosteriorSample:
+        """n_samples draws z ~ q(z|x) per example with their log q and the rate, from one
+        encoder pass; for evaluation (no gradient path is promised)."""
         raise NotImplementedError
 
     def parameter_group(self, name: str) -> str:
@@ -116,16 +126,14 @@ class GaussianLatentModel(LatentModel):
 
     def sample_posterior(
         self, x: torch.Tensor, n_samples: int, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> PosteriorSample:
         mean, log_var = self.encode(x)
         noise = torch.randn(
             (n_samples, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype
         )
         z = mean + torch.exp(0.5 * log_var) * noise
-        return z, diag_gaussian_log_density(z, mean, log_var)
-
-    def rate(self, x: torch.Tensor) -> torch.Tensor:
-        return self.kl_to_prior(*self.encode(x))
+        log_q = diag_gaussian_log_density(z, mean, log_var)
+        return PosteriorSample(z, log_q, self.kl_to_prior(mean, log_var))
 
 
 class BernoulliLatentModel(LatentModel):
@@ -143,7 +151,7 @@ class BernoulliLatentModel(LatentModel):
 
     def sample_posterior(
         self, x: torch.Tensor, n_samples: int, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> PosteriorSample:
         logits = self.encode(x)
         uniform = torch.rand(
             (n_samples, *logits.shape),
@@ -151,11 +159,8 @@ class BernoulliLatentModel(LatentModel):
             device=logits.device,
             dtype=logits.dtype,
         )
-        b = (uniform < torch.sigmoid(logits)).to(logits.dtype)
-        return b, bernoulli_log_density(b, logits)
-
-    def rate(self, x: torch.Tensor) -> torch.Tensor:
-        return self.kl_to_prior(self.encode(x))
+        b = bernoulli_sample(logits, uniform)
+        return PosteriorSample(b, bernoulli_log_density(b, logits), self.kl_to_prior(logits))
 
 
 def mlp(sizes: list[int], activation: str) -> nn.Sequential:

@@ -79,7 +79,7 @@ def log_weights(
     model: LatentModel, x: torch.Tensor, n_samples: int, generator: torch.Generator | None
 ) -> torch.Tensor:
     """log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x) for z_k ~ q(z|x); shape (n_samples, M)."""
-    z, log_q = model.sample_posterior(x, n_samples, generator)
+    z, log_q, _ = model.sample_posterior(x, n_samples, generator)
     return model.log_likelihood(x, z) + model.log_prior(z) - log_q
 
 
@@ -113,8 +113,8 @@ def distortion_and_rate(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per example: distortion −log p(x|z) at one z ~ q(z|x), and rate KL(q(z|x) ‖ p(z)) in
     closed form (Alemi et al. 2018). ELBO = −(distortion + rate)."""
-    z, _ = model.sample_posterior(x, 1, generator)
-    return -model.log_likelihood(x, z[0]), model.rate(x)
+    z, _, rate = model.sample_posterior(x, 1, generator)
+    return -model.log_likelihood(x, z[0]), rate
 
 
 def elbo_estimate(

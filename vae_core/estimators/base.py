@@ -39,6 +39,7 @@ from vae_core.models import LatentModel
 from vae_core.objectives import diag_gaussian_log_density
 
 KL_MODES = ("analytic", "mc")
+NOISE_SAMPLERS = {"gaussian": torch.randn, "bernoulli": torch.rand}  # by latent type
 
 
 class EstimatorError(ValueError):
@@ -91,14 +92,21 @@ class Estimator(nn.Module):
         self.n_particles = n_particles
         self.beta = float(beta)
 
+    def noise_shape(self, batch_size: int) -> tuple[int, ...]:
+        """(K, M, latent_dim): one noise vector per particle and example."""
+        return (self.n_particles, batch_size, self.model.latent_dim)
+
     def sample_noise(
         self, batch_size: int, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """ε ~ N(0, I) of shape (K, M, latent_dim) on the model's device."""
+        """Noise of shape `noise_shape` on the model's device: ε ~ N(0, I) for Gaussian latents,
+        u ~ U(0, 1) for binary ones."""
         reference = next(self.model.parameters())
-        shape = (self.n_particles, batch_size, self.model.latent_dim)
-        return torch.randn(
-            shape, generator=generator, device=reference.device, dtype=reference.dtype
+        return NOISE_SAMPLERS[self.latent](
+            self.noise_shape(batch_size),
+            generator=generator,
+            device=reference.device,
+            dtype=reference.dtype,
         )
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor) -> EstimatorOutput:
@@ -138,13 +146,22 @@ class Estimator(nn.Module):
         if stop_path:
             z = z.detach()
         log_q = diag_gaussian_log_density(z, mean, log_var)
+        return self.signal_terms(x, z, log_q, (mean, log_var))
+
+    def signal_terms(
+        self,
+        x: torch.Tensor,
+        z: torch.Tensor,
+        log_q: torch.Tensor,
+        posterior: tuple[torch.Tensor, ...],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(f, kl_analytic, log_q) of `sample_terms` at samples z with log q(z|x), for either
+        latent type; `posterior` holds the parameters of q(z|x) that the model's `kl_to_prior`
+        takes: (mean, log_var) or (logits,)."""
         if self.kl == "mc":
-            f = self.log_weight(x, z, log_q)
-            kl_analytic = torch.zeros_like(mean[..., 0])
-        else:
-            f = self.model.log_likelihood(x, z)
-            kl_analytic = self.beta * self.model.kl_to_prior(mean, log_var)
-        return f, kl_analytic, log_q
+            return self.log_weight(x, z, log_q), torch.zeros_like(posterior[0][..., 0]), log_q
+        kl_analytic = self.beta * self.model.kl_to_prior(*posterior)
+        return self.model.log_likelihood(x, z), kl_analytic, log_q
 
     def log_weight(self, x: torch.Tensor, z: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
         """log p(x|z) + β (log p(z) − log q(z|x)): the β-ELBO's integrand (log w at β = 1)."""

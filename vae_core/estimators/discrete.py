@@ -14,39 +14,14 @@ import torch
 
 from vae_core.estimators.base import Estimator, EstimatorOutput, register, scale_gradient
 from vae_core.estimators.score import Score, ScoreLeaveOneOut
+from vae_core.models import bernoulli_sample
 from vae_core.objectives import bernoulli_log_density
 
 
 class BinaryLatentEstimator(Estimator):
-    """Uniform noise and the Bernoulli sampling/learning-signal pieces (not registered itself)."""
+    """Bernoulli sampling from the uniform noise (not registered itself)."""
 
     latent = "bernoulli"
-
-    def noise_shape(self, batch_size: int) -> tuple[int, int, int]:
-        return (self.n_particles, batch_size, self.model.latent_dim)
-
-    def sample_noise(
-        self, batch_size: int, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """u ~ U(0, 1) of shape `noise_shape` (K, M, latent_dim) on the model's device."""
-        reference = next(self.model.parameters())
-        return torch.rand(
-            self.noise_shape(batch_size),
-            generator=generator,
-            device=reference.device,
-            dtype=reference.dtype,
-        )
-
-    def signal_terms(
-        self, x: torch.Tensor, b: torch.Tensor, logits: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(f, kl_analytic, log_q) at samples b (..., M, D) as in `Estimator.sample_terms`;
-        log q(b|x) carries the gradient to φ through the logits."""
-        log_q = bernoulli_log_density(b, logits)
-        if self.kl == "mc":
-            return self.log_weight(x, b, log_q), torch.zeros_like(logits[..., 0]), log_q
-        kl_analytic = self.beta * self.model.kl_to_prior(logits)
-        return self.model.log_likelihood(x, b), kl_analytic, log_q
 
     def sample_terms(
         self,
@@ -59,8 +34,8 @@ class BinaryLatentEstimator(Estimator):
         logits = self.model.encode(x)
         if encoder_grad_scale is not None:
             logits = scale_gradient(logits, encoder_grad_scale)
-        b = (noise < torch.sigmoid(logits)).to(logits.dtype)
-        return self.signal_terms(x, b, logits)
+        b = bernoulli_sample(logits, noise)
+        return self.signal_terms(x, b, bernoulli_log_density(b, logits), (logits,))
 
 
 @register("reinforce")
@@ -85,7 +60,7 @@ class AntitheticPairEstimator(BinaryLatentEstimator):
     min_particles = 2
     particles_multiple = 2
 
-    def noise_shape(self, batch_size: int) -> tuple[int, int, int]:
+    def noise_shape(self, batch_size: int) -> tuple[int, ...]:
         return (self.n_particles // 2, batch_size, self.model.latent_dim)
 
     def logit_gradient(
@@ -102,10 +77,10 @@ class AntitheticPairEstimator(BinaryLatentEstimator):
 
     def forward(self, x: torch.Tensor, u: torch.Tensor) -> EstimatorOutput:
         logits = self.model.encode(x)
-        probability = torch.sigmoid(logits)
-        b = (u < probability).to(logits.dtype)
-        b_anti = (1 - u < probability).to(logits.dtype)
-        f, kl_analytic, _ = self.signal_terms(x, torch.cat([b, b_anti]), logits)
+        b, b_anti = bernoulli_sample(logits, u), bernoulli_sample(logits, 1 - u)
+        both = torch.cat([b, b_anti])
+        log_q = bernoulli_log_density(both, logits)
+        f, kl_analytic, _ = self.signal_terms(x, both, log_q, (logits,))
         f_pair, f_anti = f.detach().chunk(2)
         logit_grad = self.logit_gradient(u, logits.detach(), b, b_anti, f_pair, f_anti)
         # ∇_φ: the chain rule from ∇_α, plus ∇_φ f at fixed b (−β ∇ log q, mean zero; kl='mc').
