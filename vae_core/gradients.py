@@ -6,22 +6,32 @@ whose expected encoder gradient is c·∇_φ L (NVIL's variance normalisation) h
 divided by c, so that variances compare like with like. Statistics per parameter group
 G ∈ {encoder, decoder} (names as in results/runs.csv):
 
-    grad_var_G    = Σ_j Var_r[ĝ_j]              trace of the covariance (unbiased, R − 1)
-    grad_sqnorm_G = ‖mean_r ĝ‖²
-    snr_G         = mean_j |mean_r ĝ_j| / std_r ĝ_j   (Rainforth et al. 2018), over the j whose
-                    spread is more than float rounding: std_j > 1000·eps·|mean_j| (a coordinate
-                    that is deterministic but for rounding, e.g. an exact KL gradient plus score
-                    terms that cancel, would otherwise add an SNR of ~10⁷ to the mean)
+    grad_var_G     = tr S = Σ_j Var_r[ĝ_j]     trace of the covariance (unbiased, R − 1)
+    grad_var_se_G  = its standard error (jackknife over draws; variance_standard_error)
+    grad_sqnorm_G  = ‖mean_r ĝ‖²
+    snr_G          = mean_j |mean_r ĝ_j| / std_r ĝ_j   (Rainforth et al. 2018), over the j whose
+                     spread is more than float rounding: std_j > 1000·eps·|mean_j| (a coordinate
+                     that is deterministic but for rounding, e.g. an exact KL gradient plus score
+                     terms that cancel, would otherwise add an SNR of ~10⁷ to the mean)
+    snr_floor_G    = what snr_G averages to when the true gradient is zero: E|t_{R−1}|/√R,
+                     ≈ √(2/(πR)) = 0.080 at R = 100 (snr_floor)
+    snr_floor_sd_G = the spread of snr_G around that floor, from the draws' own correlations
+                     (snr_floor_sd); an SNR below floor + 2 sd cannot be told from no signal
 
 For a biased estimator (one naming a `bias_reference`), R' draws of the unbiased reference give
-g_ref ≈ ∇L, and
+h̄ ≈ ∇L, and (BiasAccumulator.statistics)
 
-    grad_bias_G    = ‖ḡ − ḡ_ref‖² − tr Σ̂/R − tr Σ̂_ref/R'   unbiased estimate of ‖E ĝ − ∇L‖²
-    grad_bias_se_G = its standard error (coordinates treated as independent)
-    grad_mse_G     = grad_var_G + grad_bias_G               E‖ĝ − ∇L‖² of one draw
+    grad_bias_G    = ‖ḡ − h̄‖² − tr S/R − tr S_ref/R'   unbiased estimate of ‖E ĝ − ∇L‖²
+    grad_bias_se_G = its standard error, from the full covariances of both sets of draws
+    grad_mse_G     = grad_var_G + grad_bias_G            E‖ĝ − ∇L‖² of one draw
+
+Every standard error here is checked against the spread of repeated measurements in
+tests/test_gradient_statistics.py.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.func import functional_call, grad, vmap
@@ -31,6 +41,7 @@ from vae_core.models import PARAMETER_GROUPS
 
 METHODS = ("vmap", "loop")
 ROUNDING_SPREAD = 1000  # std below this many eps × |mean| is rounding noise (see snr_G)
+SNR_SAMPLE_COORDINATES = 1000  # coordinates sampled for the correlations of snr_floor_sd_G
 
 
 def model_parameters(estimator: Estimator) -> dict[str, torch.Tensor]:
@@ -100,75 +111,223 @@ def _draws_loop(
     return {name: torch.stack(gs) for name, gs in draws.items()}
 
 
+def unbiased_trace_of_square(gram: torch.Tensor) -> torch.Tensor:
+    """Unbiased estimate of tr(Σ²) from the Gram matrix K = X_c X_cᵀ of n ≥ 4 centred draws
+    (Himeno & Yamada 2014; no normality assumed):
+
+        (n−1) / (n(n−2)(n−3)) · [(n−1)(n−2) tr S² + (tr S)² − n Q],
+
+    S = K/(n−1) in the draws' own space (tr S = tr K/(n−1), tr S² = ‖K‖²_F/(n−1)²) and
+    Q = Σ_r K_rr² / (n−1); batched over leading dimensions. The plug-in tr S² overstates tr Σ²
+    by about (tr Σ)²/n, which for gradients (P ≫ R coordinates) can be many times tr Σ²."""
+    n = gram.shape[-1]
+    if n < 4:
+        raise ValueError(f"an unbiased tr(Σ²) needs at least 4 draws, got {n}")
+    diagonal = gram.diagonal(dim1=-2, dim2=-1)
+    trace = diagonal.sum(-1) / (n - 1)
+    trace_square = gram.pow(2).sum((-2, -1)) / (n - 1) ** 2
+    fourth = diagonal.pow(2).sum(-1) / (n - 1)
+    scale = (n - 1) / (n * (n - 2) * (n - 3))
+    return scale * ((n - 1) * (n - 2) * trace_square + trace**2 - n * fourth)
+
+
+def variance_standard_error(draws: torch.Tensor) -> float:
+    """Standard error of grad_var = tr S from its own R draws: the delete-one jackknife of
+    tr S = Σ_r a_r / (R−1), a_r = ‖ĝ_r − ḡ‖² (whole vectors, so correlated coordinates are
+    accounted for). Leaving out draw r gives tr S₍₋ᵣ₎ = ((R−1) tr S − R a_r/(R−1)) / (R−2), so
+
+        se² = R / ((R−1)(R−2)²) · Σ_r (a_r − ā)²   ≈ Var(‖ĝ − E ĝ‖²) / R."""
+    n = draws.shape[0]
+    if n < 3:
+        raise ValueError(f"a jackknife standard error needs at least 3 draws, got {n}")
+    squares = (draws - draws.mean(0)).pow(2).sum(1, dtype=torch.float64)
+    return math.sqrt(n / ((n - 1) * (n - 2) ** 2) * (squares - squares.mean()).pow(2).sum().item())
+
+
+def snr_floor(n_draws: int) -> float:
+    """E|mean_r ĝ_j| / std_r ĝ_j for a zero-mean Gaussian coordinate: E|t_ν| / √R with
+    t_ν Student's t, ν = R − 1, and E|t_ν| = 2√ν Γ((ν+1)/2) / (√π (ν−1) Γ(ν/2)) → √(2/π)."""
+    nu = n_draws - 1
+    log_ratio = math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2)
+    return (
+        2
+        * math.sqrt(nu)
+        * math.exp(log_ratio)
+        / (math.sqrt(math.pi) * (nu - 1))
+        / math.sqrt(n_draws)
+    )
+
+
+def snr_floor_sd(draws: torch.Tensor, sample_size: int = SNR_SAMPLE_COORDINATES) -> float:
+    """Standard deviation of the SNR statistic over the P informative coordinates when the true
+    gradient is zero, from the draws' own correlations (coordinates share samples, so they are
+    far from independent). With t_j = √R ḡ_j/s_j ≈ N(0, 1) and Cov(|t_j|, |t_k|) = c(ρ_jk),
+    c(ρ) = (2/π)(√(1−ρ²) + ρ arcsin ρ − 1) ∈ [ρ²/π, (1−2/π)ρ²]:
+
+        Var(snr) = (1/(R P²)) Σ_jk c(ρ_jk) ≈ (1/R) [Var|t_ν| / P + (1 − 1/P) ρ²‾ / π],
+
+    with ρ²‾ the mean squared correlation between distinct coordinates, estimated without bias
+    (unbiased_trace_of_square of the standardised draws) on a fixed random sample of
+    coordinates. Using ρ²/π for c(ρ) understates the sd by at most 7% (all |ρ| = 1)."""
+    n, n_coordinates = draws.shape
+    nu = n - 1
+    var_abs_t = nu / (nu - 2) - (snr_floor(n) * math.sqrt(n)) ** 2
+    if n_coordinates > sample_size:
+        chooser = torch.Generator().manual_seed(0)
+        draws = draws[:, torch.randperm(n_coordinates, generator=chooser)[:sample_size]]
+    sample = draws.double()
+    standardised = (sample - sample.mean(0)) / sample.std(0, unbiased=True)
+    m = standardised.shape[1]
+    mean_square_correlation = 0.0
+    if m > 1:
+        correlation_square = unbiased_trace_of_square(standardised @ standardised.T)
+        mean_square_correlation = max((correlation_square.item() - m) / (m * (m - 1)), 0.0)
+    diagonal = var_abs_t / n_coordinates
+    off_diagonal = (1 - 1 / n_coordinates) * mean_square_correlation / math.pi
+    return math.sqrt((diagonal + off_diagonal) / n)
+
+
 def variance_statistics(draws: torch.Tensor) -> dict[str, float]:
-    """grad_var, grad_sqnorm and snr (see module docstring) of draws shaped (R, P)."""
+    """grad_var and its standard error, grad_sqnorm, snr with its noise floor (see module
+    docstring) of draws shaped (R, P)."""
     mean = draws.mean(0)
     std = draws.std(0, unbiased=True)
     informative = std > ROUNDING_SPREAD * torch.finfo(draws.dtype).eps * mean.abs()
-    snr = (mean.abs()[informative] / std[informative]).mean() if informative.any() else None
-    return {
+    stats = {
         "grad_var": draws.var(0, unbiased=True).sum().item(),
+        "grad_var_se": variance_standard_error(draws),
         "grad_sqnorm": mean.pow(2).sum().item(),
-        "snr": float("nan") if snr is None else snr.item(),
+        "snr": float("nan"),
+        "snr_floor": snr_floor(len(draws)),
+        "snr_floor_sd": float("nan"),
     }
+    if informative.any():
+        stats["snr"] = (mean.abs()[informative] / std[informative]).mean().item()
+        stats["snr_floor_sd"] = snr_floor_sd(draws[:, informative])
+    return stats
 
 
-def gradient_moments(
-    estimator: Estimator,
-    x: torch.Tensor,
-    n_draws: int,
-    generator: torch.Generator | None = None,
-    method: str = "vmap",
-    chunk_draws: int = 100,
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{group: (mean_r ĝ, Var_r ĝ per coordinate)} of n_draws gradient draws, computed in
-    near-equal chunks of about `chunk_draws` (memory independent of n_draws) and combined
-    exactly (the pairwise update of Chan, Golub & LeVeque 1979), in float64. The draws consume
-    the generator as one `gradient_draws(n_draws)` call would."""
-    if n_draws < 2:
-        raise ValueError(f"n_draws must be >= 2 to estimate a variance, got {n_draws}")
-    n_chunks = min(-(-n_draws // chunk_draws), n_draws // 2)  # chunks of >= 2 draws
-    sizes = [n_draws // n_chunks + (i < n_draws % n_chunks) for i in range(n_chunks)]
-    count = 0
-    moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # group → (mean, Σ squared devs)
-    for size in sizes:
-        chunk = gradient_draws(estimator, x, size, generator, method)
-        for group, draws in chunk.items():
-            draws = draws.double()
-            mean = draws.mean(0)
-            squares = (draws - mean).pow(2).sum(0)
-            if group in moments:
-                old_mean, old_squares = moments[group]
-                delta = mean - old_mean
-                mean = old_mean + delta * size / (count + size)
-                squares = old_squares + squares + delta.pow(2) * count * size / (count + size)
-            moments[group] = (mean, squares)
-        count += size
-    return {group: (mean, squares / (n_draws - 1)) for group, (mean, squares) in moments.items()}
+class BiasAccumulator:
+    """The bias of R ≥ 4 draws ĝ (in memory) against R' draws h of an unbiased reference,
+    streamed in chunks of m_c ≥ 4 draws (memory independent of R'); see `statistics`."""
+
+    def __init__(self, draws: torch.Tensor) -> None:
+        if draws.shape[0] < 4:
+            raise ValueError(f"the bias needs at least 4 estimator draws, got {draws.shape[0]}")
+        self.draws = draws.double()
+        self.mean = self.draws.mean(0)
+        self.centred = self.draws - self.mean
+        self.reference_mean = torch.zeros_like(self.mean)
+        self.reference_count = 0
+        self.reference_squares = 0.0  # Σ_r ‖h_r − h̄‖² over the chunks so far
+        self.trace_squares: list[float] = []  # unbiased tr Σ_h² from each chunk
+        self.cross: list[float] = []  # unbiased tr(Σ_g Σ_h) from each chunk
+        self.forms: list[tuple[float, int]] = []  # (d_cᵀ S_c d_c, draws before chunk c), c ≥ 2
+
+    def add(self, chunk: torch.Tensor) -> None:
+        chunk = chunk.double()
+        size = chunk.shape[0]
+        if size < 4:
+            raise ValueError(f"reference chunks need at least 4 draws, got {size}")
+        chunk_mean = chunk.mean(0)
+        centred = chunk - chunk_mean
+        gram = centred @ centred.T
+        self.trace_squares.append(unbiased_trace_of_square(gram).item())
+        n = self.draws.shape[0]
+        self.cross.append((self.centred @ centred.T).pow(2).sum().item() / ((n - 1) * (size - 1)))
+        count = self.reference_count
+        if count:
+            d = self.mean - self.reference_mean  # independent of this chunk
+            self.forms.append(((centred @ d).pow(2).sum().item() / (size - 1), count))
+        delta = chunk_mean - self.reference_mean
+        self.reference_squares += gram.trace().item() + delta.pow(2).sum().item() * count * size / (
+            count + size
+        )
+        self.reference_mean = self.reference_mean + delta * size / (count + size)
+        self.reference_count = count + size
+
+    def statistics(self) -> dict[str, float]:
+        """grad_bias, grad_bias_se and grad_mse; with d = ḡ − h̄,
+
+            grad_bias = ‖d‖² − tr S_g/R − tr S_h/R'        (unbiased for ‖b‖², b = E ĝ − ∇L)
+
+        is a sum of U-statistics, so for any distribution of the draws, exactly,
+
+            Var = 4 bᵀΣ_g b/R + 4 bᵀΣ_h b/R'
+                  + 2 tr Σ_g²/(R(R−1)) + 2 tr Σ_h²/(R'(R'−1)) + 4 tr(Σ_g Σ_h)/(R R').
+
+        Every term uses the full covariances, never coordinates treated as independent, and is
+        estimated without bias: tr Σ² from the Gram matrices of the centred draws
+        (unbiased_trace_of_square; R×R for ĝ, per chunk for h, averaged); tr(Σ_g Σ_h) as
+        ‖G_c H_cᵀ‖²_F/((R−1)(m_c−1)) per chunk, averaged; bᵀΣb from a quadratic form whose
+        covariance estimate is independent of its d (cross-fitting: the same draws in both
+        would add fourth-moment terms, which for heavy-tailed draws such as DisARM's inflated the
+        standard error ~1.4×): E d'ᵀS d' = bᵀΣb + tr(Σ Cov d'), with, for h, S = chunk c's
+        scatter and d' = ḡ − (mean of the n_c draws before chunk c), averaged over c ≥ 2 with
+        weights n_c² (the tr(Σ_h²)/n_c part of its expectation, and with it its noise, falls as
+        1/n_c), and for ĝ, S from one half of its draws and d' = (mean of the other half) − h̄,
+        both ways round. The variance is floored at 0 before the square root."""
+        n_chunks = len(self.cross)
+        if n_chunks < 2:
+            raise ValueError(f"the bias needs at least 2 reference chunks, got {n_chunks}")
+        n, n_ref = self.draws.shape[0], self.reference_count
+        trace_g = self.centred.pow(2).sum().item() / (n - 1)
+        trace_h = self.reference_squares / (n_ref - 1)
+        bias = (self.mean - self.reference_mean).pow(2).sum().item() - trace_g / n - trace_h / n_ref
+
+        trace_square_g = unbiased_trace_of_square(self.centred @ self.centred.T).item()
+        trace_square_h = sum(self.trace_squares) / n_chunks
+        cross = sum(self.cross) / n_chunks
+        weights = [before**2 for _, before in self.forms]
+        form_h = sum(
+            w * (form - cross / n - trace_square_h / before)
+            for w, (form, before) in zip(weights, self.forms, strict=True)
+        ) / sum(weights)
+        form_g = 0.0
+        halves = (self.draws[: n // 2], self.draws[n // 2 :])
+        for scatter, other in (halves, halves[::-1]):
+            d = other.mean(0) - self.reference_mean
+            form = ((scatter - scatter.mean(0)) @ d).pow(2).sum().item() / (len(scatter) - 1)
+            form_g += (form - trace_square_g / len(other) - cross / n_ref) / 2
+        variance = (
+            4 * form_g / n
+            + 4 * form_h / n_ref
+            + 2 * trace_square_g / (n * (n - 1))
+            + 2 * trace_square_h / (n_ref * (n_ref - 1))
+            + 4 * cross / (n * n_ref)
+        )
+        se = math.sqrt(max(variance, 0.0))
+        return {"grad_bias": bias, "grad_bias_se": se, "grad_mse": trace_g + bias}
+
+
+def near_equal_chunks(n_draws: int, chunk_draws: int, smallest: int) -> list[int]:
+    """Sizes of near-equal chunks of about `chunk_draws` (at least `smallest`) summing to
+    n_draws."""
+    n_chunks = max(min(-(-n_draws // chunk_draws), n_draws // smallest), 1)
+    return [n_draws // n_chunks + (i < n_draws % n_chunks) for i in range(n_chunks)]
 
 
 def bias_statistics(
-    draws: torch.Tensor,
-    reference_mean: torch.Tensor,
-    reference_var: torch.Tensor,
-    n_reference: int,
-) -> dict[str, float]:
-    """grad_bias, its standard error grad_bias_se, and grad_mse (see module docstring) of draws
-    (R, P) against a reference's per-coordinate mean and variance from n_reference draws.
-
-    With d = ḡ − ḡ_ref and v_j = Var ĝ_j/R + Var g_ref,j/R', E d_j² = b_j² + v_j, so
-    Σ_j (d_j² − v̂_j) is unbiased for ‖b‖². Its standard error treats coordinates as independent
-    (the covariance is not stored): Var Σ_j d_j² = Σ_j (2 v_j² + 4 b_j² v_j), with Σ_j b_j² v_j
-    estimated without bias by Σ_j (d_j² − v_j) v_j (floored at 0).
-    """
-    draws = draws.double()
-    variance = draws.var(0, unbiased=True)
-    noise = variance / len(draws) + reference_var / n_reference
-    excess = (draws.mean(0) - reference_mean).pow(2) - noise  # unbiased for b_j²
-    bias = excess.sum().item()
-    weighted_bias = (excess * noise).sum().clamp(min=0)
-    se = (2 * noise.pow(2).sum() + 4 * weighted_bias).sqrt().item()
-    return {"grad_bias": bias, "grad_bias_se": se, "grad_mse": variance.sum().item() + bias}
+    estimator_draws: dict[str, torch.Tensor],
+    reference: Estimator,
+    x: torch.Tensor,
+    n_reference_draws: int,
+    generator: torch.Generator | None = None,
+    method: str = "vmap",
+    chunk_draws: int = 25,
+) -> dict[str, dict[str, float]]:
+    """{group: BiasAccumulator.statistics()} of the estimator's draws against n_reference_draws
+    draws of `reference` on the same minibatch, drawn in near-equal chunks of about
+    `chunk_draws` (each chunk's scatter estimates Σ_h in the standard error, so C = R'/chunk_draws
+    should be tens). The draws consume the generator as one gradient_draws(R') call would."""
+    sizes = near_equal_chunks(n_reference_draws, min(chunk_draws, n_reference_draws // 2), 4)
+    if len(sizes) < 2:
+        raise ValueError(f"n_reference_draws must be >= 8, got {n_reference_draws}")
+    accumulators = {group: BiasAccumulator(draws) for group, draws in estimator_draws.items()}
+    for size in sizes:
+        for group, chunk in gradient_draws(reference, x, size, generator, method).items():
+            accumulators[group].add(chunk)
+    return {group: accumulator.statistics() for group, accumulator in accumulators.items()}
 
 
 def gradient_statistics(
@@ -188,8 +347,7 @@ def gradient_statistics(
         for metric, value in variance_statistics(group_draws).items():
             stats[f"{metric}_{group}"] = value
     if reference is not None:
-        moments = gradient_moments(reference, x, n_reference_draws, generator, method)
-        for group, (mean, var) in moments.items():
-            bias = bias_statistics(draws[group], mean, var, n_reference_draws)
-            stats.update({f"{metric}_{group}": value for metric, value in bias.items()})
+        bias = bias_statistics(draws, reference, x, n_reference_draws, generator, method)
+        for group, group_stats in bias.items():
+            stats.update({f"{metric}_{group}": value for metric, value in group_stats.items()})
     return stats
