@@ -1,13 +1,13 @@
 """Train one configuration, measure it at log-spaced checkpoints, append rows as they come.
 
-Measurements (names as in runs.csv; definitions in vae_core.gradients and DESIGN.md):
+Measurements (names as in runs.csv; definitions in vae_core.gradients and the README):
 at every checkpoint `elbo_train`, `elbo_test` (= −(`distortion_test` + `rate_test`)),
-`grad_var_*`, `grad_sqnorm_*`, `snr_*`, `train_seconds` (and `grad_bias_*`, `grad_mse_*` for a
-biased estimator); at the end `nll_test` (with
-`nll_samples`), `throughput`, `grad_seconds`, `work_var_*`, `grad_draws` (and `bias_draws`),
-`grad_batched`. Every
-measurement draws from its own generator seeded from (run seed, step), so it neither perturbs
-training nor depends on what was measured before.
+`grad_var_*` with `grad_var_se_*`, `grad_sqnorm_*`, `snr_*` with `snr_floor_*` and
+`snr_floor_sd_*`, `train_seconds` (and `grad_bias_*`, `grad_bias_se_*`, `grad_mse_*` for a biased
+estimator); at evenly spaced steps in between, `elbo_test` and `train_seconds` alone; at the end
+`nll_test` (with `nll_samples`), `throughput`, `grad_seconds`, `work_var_*`, `grad_draws` (and
+`bias_draws`), `grad_batched`. Every measurement draws from its own generator seeded from
+(run seed, step), so it neither perturbs training nor depends on what was measured before.
 """
 
 from __future__ import annotations
@@ -56,14 +56,16 @@ def build_estimator(config: RunConfig, input_dim: int, device: torch.device) -> 
 
 
 def bias_reference(estimator: Estimator) -> Estimator | None:
-    """For a biased estimator, its unbiased reference on the same model (sharing parameters),
-    with the same KL mode and β and the reference's smallest K; None for an unbiased one."""
+    """For a biased estimator, its unbiased reference for the same gradient on the same model
+    (sharing parameters), with the same KL mode and β; None for an unbiased one. A K-sample
+    bound's gradient ∇L_K depends on K, so the reference of an IWAE-bound estimator runs at the
+    estimator's own K; an ELBO gradient does not, so there the reference runs at its smallest K.
+    """
     if estimator.bias_reference is None:
         return None
     reference = REGISTRY[estimator.bias_reference]
-    return make_estimator(
-        reference.name, estimator.model, estimator.kl, reference.min_particles, estimator.beta
-    )
+    k = estimator.n_particles if estimator.objective == "iwae" else reference.min_particles
+    return make_estimator(reference.name, estimator.model, estimator.kl, k, estimator.beta)
 
 
 def train_step(
@@ -134,6 +136,15 @@ def measure_checkpoint(
     return values
 
 
+def test_elbo(
+    estimator: Estimator, data: Dataset, config: RunConfig, device: torch.device, step: int
+) -> float:
+    """elbo_test alone, on the same test examples as measure_checkpoint's."""
+    generator = measurement_generator(config, step, device)
+    x = data.test_binary[: config.eval_examples]
+    return elbo_estimate(estimator.model, x, generator).mean().item()
+
+
 def negative_log_likelihood(
     estimator: Estimator, data: Dataset, config: RunConfig, device: torch.device, batch: int = 100
 ) -> float:
@@ -183,6 +194,7 @@ def run_configuration(
     generator = torch.Generator(device=device).manual_seed(config.seed)
     stream = batches(data.train, config.batch_size, generator)
     checkpoints = set(config.checkpoints())
+    elbo_only = set(config.elbo_only_checkpoints())
     clock = Stopwatch(device)
     record = lambda step, values: runs.append(config, device.type, step, values)  # noqa: E731
 
@@ -199,6 +211,9 @@ def run_configuration(
         if step in checkpoints:
             last = measure_checkpoint(estimator, data, config, device, step)
             record(step, {**last, "train_seconds": clock.seconds})
+        elif step in elbo_only:
+            elbo = test_elbo(estimator, data, config, device, step)
+            record(step, {"elbo_test": elbo, "train_seconds": clock.seconds})
 
     cost = measure_cost(estimator, data, config, device)
     final = {

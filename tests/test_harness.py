@@ -12,7 +12,7 @@ import torch
 
 from bench.__main__ import main
 from bench.results import COLUMNS, KEY_COLUMNS, RunsFile, read_rows
-from bench.runner import run_configuration
+from bench.runner import bias_reference, build_estimator, run_configuration
 from bench.suites import RunConfig, get_suite
 from vae_core.data import load_dataset
 from vae_core.estimators import REGISTRY, EstimatorOutput
@@ -20,6 +20,7 @@ from vae_core.estimators.pathwise import Reparam
 
 KEY = len(KEY_COLUMNS)
 STEP, METRIC, VALUE = (COLUMNS.index(c) for c in ("step", "metric", "value"))
+MODEL_OF = {"gaussian": "mlp500", "bernoulli": "linear200"}
 
 CHECKPOINT_METRICS = {
     "elbo_train",
@@ -27,8 +28,13 @@ CHECKPOINT_METRICS = {
     "rate_test",
     "distortion_test",
     "train_seconds",
-    *(f"{m}_{g}" for m in ("grad_var", "grad_sqnorm", "snr") for g in ("encoder", "decoder")),
+    *(
+        f"{m}_{g}"
+        for m in ("grad_var", "grad_var_se", "grad_sqnorm", "snr", "snr_floor", "snr_floor_sd")
+        for g in ("encoder", "decoder")
+    ),
 }
+ELBO_ONLY_METRICS = {"elbo_test", "train_seconds"}
 BIAS_METRICS = {
     f"{m}_{g}" for m in ("grad_bias", "grad_bias_se", "grad_mse") for g in ("encoder", "decoder")
 }
@@ -68,16 +74,19 @@ def test_quick_suite_writes_every_metric_for_every_configuration(quick_results):
         (key[2], key[3], key[4]) for key in configs
     }
     checkpoints = suite.runs[0].checkpoints()
+    elbo_only = suite.runs[0].elbo_only_checkpoints()
     for key, rows in configs.items():
         by_step: dict[int, set[str]] = {}
         for row in rows:
             by_step.setdefault(int(row[STEP]), set()).add(row[METRIC])
             assert math.isfinite(float(row[VALUE])), row
-        assert sorted(by_step) == checkpoints, key
+        assert sorted(by_step) == sorted(checkpoints + elbo_only), key
         biased = REGISTRY[key[2]].bias_reference is not None
         for step in checkpoints:
             assert CHECKPOINT_METRICS <= by_step[step], (key, step)
             assert (BIAS_METRICS <= by_step[step]) == biased, (key, step)
+        for step in elbo_only:
+            assert by_step[step] == ELBO_ONLY_METRICS, (key, step)
         assert FINAL_METRICS <= by_step[checkpoints[-1]], key
 
 
@@ -305,3 +314,20 @@ def test_list_names_every_estimator_with_its_latent_type_and_every_model_and_sui
     assert any("even" in line for line in lines if line.split()[:1] == ["disarm"])
     for name in ("mlp500", "iwae1", "linear200", "nonlinear200", "quick", "default", "discrete"):
         assert any(line.split()[:1] == [name] for line in lines), name
+
+
+@pytest.mark.parametrize(
+    ("name", "k", "reference", "reference_k"),
+    [
+        ("iwae_stl", 5, "dreg", 5),  # ∇L_K depends on K: the reference runs at the estimator's K
+        ("iwae_stl", 1, "dreg", 1),
+        ("gumbel", 1, "disarm", 2),  # ∇ELBO does not: the reference's smallest K
+    ],
+)
+def test_bias_reference_estimates_the_same_gradient(name, k, reference, reference_k):
+    cls = REGISTRY[name]
+    config = RunConfig(estimator=name, kl=cls.kl_modes[-1], k=k, model=MODEL_OF[cls.latent])
+    estimator = build_estimator(config, 784, torch.device("cpu"))
+    built = bias_reference(estimator)
+    assert (built.name, built.n_particles, built.kl) == (reference, reference_k, estimator.kl)
+    assert built.model is estimator.model

@@ -8,7 +8,9 @@ code uses only the latent-type-free part, `sample_posterior`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar, NamedTuple
 
 import torch
@@ -23,12 +25,13 @@ from vae_core.objectives import (
     standard_normal_log_density,
 )
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "tanh": nn.Tanh,
     "relu": nn.ReLU,
     "softplus": nn.Softplus,
     "elu": nn.ELU,
-    "leaky_relu": nn.LeakyReLU,
+    "leaky_relu": nn.LeakyReLU,  # negative slope 0.01 (PyTorch's default)
+    "leaky_relu_0.3": partial(nn.LeakyReLU, 0.3),  # as in the DisARM code (Dong et al. 2020)
 }
 PARAMETER_GROUPS = ("encoder", "decoder")
 LATENT_TYPES = ("gaussian", "bernoulli")

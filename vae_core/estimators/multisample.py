@@ -99,11 +99,13 @@ class IWAESTL(MultiSampleEstimator):
     so ∇_φ ≈ Σ_k w̃_k ∂log w_k/∂z_k · ∂z_k/∂φ (Roeder et al. 2017's trick at K samples).
 
     BIASED for K > 1: the dropped score term Σ_k w̃_k ∇_φ log q(z_k|x) has mean zero only at K = 1,
-    where this is `stl` (Tucker et al. 2019; DReG is the unbiased correction).
-    tests/test_multisample.py measures the bias. The decoder gradient is IWAE's, unbiased.
+    where this is `stl` (Tucker et al. 2019; DReG is the unbiased correction, and the harness
+    measures the bias against it at the same K). tests/test_multisample.py detects the bias. The
+    decoder gradient is IWAE's, unbiased.
     """
 
     summary = "IWAE with the score term of log q stopped (STL); BIASED for K>1 (Tucker 2019)"
+    bias_reference = "dreg"
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor) -> EstimatorOutput:
         z, mean, log_var = self.sample(x, noise)
