@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -20,14 +21,19 @@ from bench.report import (
     load_runs,
     main_report,
     summary_table,
+    sweep_plots,
     toy_plot,
     write_report,
 )
 from bench.report import runs as report_runs
 from bench.report.plots import Look, palette, section_palette
-from bench.report.tables import _env_line, estimator_cell
+from bench.report.runs import final_values, run_status
+from bench.report.tables import _env_line, estimator_cell, summary_markdown
+from bench.report.training_plots import _seed_curves, _variance_curves
 
 STEPS = (0, 10, 100, 1000)
+ELBO_STEPS = (3, 30, 300)  # extra checkpoints with only elbo_test and train_seconds
+SNR_FLOOR = (0.08, 0.01)  # the noise floor of the SNR and its standard deviation, at R = 100
 # Final test ELBO (nats) and encoder gradient variance (nats²) per estimator: stl best, score worst.
 FINAL_ELBO = {"reparam": -97.0, "stl": -96.0, "score": -160.0, "iwae": -98.5, "iwae_stl": -99.0}
 ENCODER_VARIANCE = {"reparam": 50.0, "stl": 20.0, "score": 4.0e5, "iwae": 60.0, "iwae_stl": 30.0}
@@ -46,6 +52,7 @@ GRAD_SECONDS |= {"reinforce": 1.7e-3, "disarm": 3.0e-3, "gumbel": 2.0e-3, "st_gu
 ENCODER_BIAS = {"gumbel": (4.0e3, 200.0), "st_gumbel": (-5.0, 10.0)}  # (bias², its se)
 DIVERGED = ("score", "mc", 1, 100)  # estimator, kl, seed, step
 BASE_ESTIMATORS = ("reparam", "stl", "score")
+GRAD_VARIANCES = ("grad_var_encoder", "grad_var_decoder")
 RUN_COLUMNS = REQUIRED_COLUMNS[:5] + ("beta",) + REQUIRED_COLUMNS[5:]  # the harness's, with β
 
 
@@ -58,20 +65,26 @@ def synthetic_rows(
     ks: tuple[int, ...] = (1,),
     betas: tuple[float, ...] = (1.0,),
     rate: bool = True,
+    errors: bool = True,
 ) -> list[tuple]:
-    """Long-format rows (RUN_COLUMNS) as the harness appends them: checkpoints, finals,
-    divergence, completion. K lowers the (K = 1) test ELBO by log K but the NLL by 2 log K, as an
-    IWAE bound does; β ≠ 1 costs 3|log β| nats of ELBO and moves rate ∝ 1/√β."""
+    """Long-format rows (RUN_COLUMNS) as the harness appends them: checkpoints (ELBO_STEPS with
+    only elbo_test and train_seconds), finals, divergence, completion. K lowers the (K = 1) test
+    ELBO by log K but the NLL by 2 log K, as an IWAE bound does; β ≠ 1 costs 3|log β| nats of
+    ELBO and moves rate ∝ 1/√β. Seeds shift ELBO and NLL by 0.3 nats each, ± an amount of the
+    estimator's own (zero mean over seeds 0 and 1), so that paired differences vary by seed.
+    With `errors`, the metrics the harness added later: grad_var_se_G (10% of the encoder
+    variance, 5% of the decoder's) and the SNR's noise floor snr_floor_G, snr_floor_sd_G."""
     rows = []
     for estimator, (kl_index, kl), seed, k, beta in itertools.product(
         estimators, enumerate(kls), seeds, ks, betas
     ):
         key = ("mnist5k", "mlp500", estimator, kl, k, beta, device, seed)
         slowdown = (1 + kl_index) * (0.2 if device == "cuda" else 1.0)
-        base = FINAL_ELBO[estimator] - 0.4 * kl_index + 0.3 * seed
+        jitter = 0.1 * (sum(map(ord, estimator)) % 5) * (-1) ** seed
+        base = FINAL_ELBO[estimator] - 0.4 * kl_index + 0.3 * seed + jitter
         final = base - math.log(k) - 3.0 * abs(math.log(beta))
         stop = diverged[3] if diverged and diverged[:3] == (estimator, kl, seed) else None
-        for step in STEPS:
+        for step in sorted(STEPS + ELBO_STEPS):
             if stop is not None and step > stop:
                 break
             if step == stop:
@@ -80,6 +93,10 @@ def synthetic_rows(
                 break
             progress = math.log1p(step) / math.log1p(STEPS[-1])
             elbo = -543.0 + (final + 543.0) * progress
+            seconds = 2.0 * step * GRAD_SECONDS[estimator] * slowdown
+            if step in ELBO_STEPS:
+                rows += [(*key, step, "elbo_test", elbo), (*key, step, "train_seconds", seconds)]
+                continue
             variance = ENCODER_VARIANCE[estimator] * (1 + kl_index) * (2.0 - progress)
             metrics = {
                 "elbo_train": elbo + 1.0,
@@ -90,8 +107,13 @@ def synthetic_rows(
                 "grad_sqnorm_decoder": 300.0,
                 "snr_encoder": 0.5 / (1 + variance / 100) / math.sqrt(k) * (1 + 0.1 * seed),
                 "snr_decoder": 0.7 * math.sqrt(k) * (1 + 0.1 * seed),
-                "train_seconds": 2.0 * step * GRAD_SECONDS[estimator] * slowdown,
+                "train_seconds": seconds,
             }
+            if errors:
+                metrics["grad_var_se_encoder"] = 0.1 * metrics["grad_var_encoder"]
+                metrics["grad_var_se_decoder"] = 0.05 * metrics["grad_var_decoder"]
+                for part in ("encoder", "decoder"):
+                    metrics[f"snr_floor_{part}"], metrics[f"snr_floor_sd_{part}"] = SNR_FLOOR
             if rate:
                 metrics["rate_test"] = 0.5 + 25.0 / math.sqrt(beta) * progress
                 metrics["distortion_test"] = -elbo - metrics["rate_test"]
@@ -136,7 +158,7 @@ def binary_rows(bias: bool = True) -> list[tuple]:
     extra = []
     for row in rows:
         estimator, metric, variance = row[2], row[9], row[10]
-        if not bias or estimator not in ENCODER_BIAS or not metric.startswith("grad_var_"):
+        if not bias or estimator not in ENCODER_BIAS or metric not in GRAD_VARIANCES:
             continue
         part = metric.removeprefix("grad_var_")
         value, se = ENCODER_BIAS[estimator] if part == "encoder" else (1.0, 0.5)
@@ -216,9 +238,17 @@ def cheap_toy(patch: pytest.MonkeyPatch) -> None:
     patch.setattr(toy_plot, "TOY_K_GRIDS", grids)
 
 
-def table_rows(summary: str) -> list[list[str]]:
-    """Cells of every data row of the markdown tables in summary.md."""
-    rows = [line.strip("|").split(" | ") for line in summary.splitlines() if line.startswith("|")]
+def table_rows(summary: str, details: bool = False) -> list[list[str]]:
+    """Cells of every row (headers included) of the headline tables in summary.md, or with
+    `details` of the details tables (each section has a headline table, then a details table)."""
+    blocks = [[]]
+    for line in summary.splitlines():
+        if line.startswith("|"):
+            blocks[-1].append(line)
+        elif blocks[-1]:
+            blocks.append([])
+    lines = [line for block in blocks[int(details) :: 2] for line in block]
+    rows = [line.strip("|").split(" | ") for line in lines]
     return [[cell.strip() for cell in row] for row in rows if not row[0].strip().startswith(":")]
 
 
@@ -299,12 +329,11 @@ def test_report_is_byte_identical_when_rerun(reported, monkeypatch):
 
 def test_gpu_runs_add_a_throughput_column(tmp_path):
     out = write_results(tmp_path, gpu=True)
-    write_report(out, toy=False)
-    summary = (out / "summary.md").read_text()
+    table = summary_table(load_runs(out))
+    summary = "\n".join(summary_markdown(table, report_runs.load_envs(out)))
     assert "throughput cuda (examples/s)" in summary
     assert "400,000" in summary and "Test GPU" in summary
     assert "nan" not in summary.lower()
-    table = summary_table(load_runs(out))
     assert set(table["device"]) == {"cpu"}  # quality figures from cpu, throughput per device
     assert table["throughput_cuda"].notna().sum() == len(table)
 
@@ -327,8 +356,7 @@ def test_fully_diverged_row_is_last_and_marked(tmp_path):
     out = write_results(tmp_path, rows)
     table = summary_table(load_runs(out))
     assert (table.iloc[-1]["estimator"], table.iloc[-1]["kl"]) == ("stl", "mc")
-    write_report(out, toy=False)
-    summary = (out / "summary.md").read_text()
+    summary = "\n".join(summary_markdown(table, {}))
     assert "| stl | mc | diverged at step 10 |" in summary
 
 
@@ -418,12 +446,12 @@ def test_rate_and_distortion_follow_the_test_elbo(extended):
     assert healthy["rate_test_mean"].notna().all()
     total = healthy["rate_test_mean"] + healthy["distortion_test_mean"]
     assert total.tolist() == pytest.approx((-healthy["elbo_test_mean"]).tolist())
-    rows = table_rows((out / "summary.md").read_text())
+    rows = table_rows((out / "summary.md").read_text(), details=True)
     header = rows[0]
-    elbo = header.index("test ELBO (nats)")
-    assert header[elbo + 1 : elbo + 3] == ["rate (nats)", "distortion (nats)"]
+    rate = header.index("rate (nats)")
+    assert header[rate + 1] == "distortion (nats)"
     reparam_beta4 = next(r for r in rows if r[:4] == ["reparam", "analytic", "1", "4"])
-    assert float(reparam_beta4[elbo + 1]) == pytest.approx(0.5 + 25.0 / 2, abs=0.05)
+    assert float(reparam_beta4[rate]) == pytest.approx(0.5 + 25.0 / 2, abs=0.05)
 
 
 def test_rows_sorted_by_nll_when_every_healthy_row_has_it(extended):
@@ -490,7 +518,7 @@ def test_sweep_plots_skipped_with_reasons_without_their_data(reported, tmp_path)
     summary = (out / "summary.md").read_text()
     assert "`plots/rate_distortion.png`: skipped: no finished run with rate_test" in summary
     assert not (out / "plots" / "rate_distortion.png").exists()
-    rows = table_rows(summary)
+    rows = table_rows(summary, details=True)
     rate = rows[0].index("rate (nats)")
     assert {row[rate] for row in rows[1:]} == {"—"}
 
@@ -513,16 +541,17 @@ def test_extended_report_is_byte_identical_when_rerun(results, request):
 def test_binary_section_compares_variance_with_disarm_and_shows_bias(binary):
     out, _ = binary
     summary = (out / "summary.md").read_text()
-    rows = table_rows(section(summary, "mnist5k / linear200"))
+    assert "enc. var ÷ disarm" in table_rows(section(summary, "mnist5k / linear200"))[0]
+    rows = table_rows(section(summary, "mnist5k / linear200"), details=True)
     header, cells = rows[0], {(r[0].replace("*", ""), r[1]): r for r in rows[1:]}
-    assert "enc. var ÷ disarm" in header and "dec. var ÷ disarm" in header
+    assert "dec. var ÷ disarm" in header
     bias, mse = header.index("enc. bias² (nats²)"), header.index("enc. MSE (nats²)")
     assert cells[("gumbel (biased)", "analytic")][bias] == "4.00e3 ± 1.41e2"  # se 200/√2 seeds
     assert cells[("st_gumbel (biased)", "analytic")][bias].startswith("-5.00e0 ± ")
     assert cells[("reinforce", "mc")][bias] == cells[("disarm", "mc")][mse] == "—"
     assert "R' draws of the unbiased disarm" in summary
     assert "can be slightly negative where no bias is detectable" in summary
-    assert "÷ disarm is against disarm with the same KL mode (else analytic)" in summary
+    assert "÷ disarm's with the same KL mode (else analytic)" in summary
     assert "and β (else 1) at K = 2, whatever the row's K" in summary
     table = summary_table(load_runs(out)).set_index(["model", "estimator", "kl"])
     disarm = table.loc[("linear200", "disarm", "analytic"), "grad_var_encoder"]
@@ -530,7 +559,8 @@ def test_binary_section_compares_variance_with_disarm_and_shows_bias(binary):
     assert gumbel["grad_var_encoder_rel"] == pytest.approx(gumbel["grad_var_encoder"] / disarm)
     assert gumbel["grad_mse_encoder"] == pytest.approx(gumbel["grad_var_encoder"] + 4.0e3)
     gaussian = table_rows(section(summary, "mnist5k / mlp500"))[0]
-    assert "enc. var ÷ reparam" in gaussian and "enc. bias² (nats²)" not in gaussian
+    gaussian_details = table_rows(section(summary, "mnist5k / mlp500"), details=True)[0]
+    assert "enc. var ÷ reparam" in gaussian and "enc. bias² (nats²)" not in gaussian_details
     assert "![bias_variance](plots/bias_variance.png)" in summary
     assert "nan" not in summary.lower()
 
@@ -543,7 +573,7 @@ def test_without_bias_measurements_the_bias_plot_is_skipped(tmp_path, reported):
     assert reason in summary and reason in (reported[0] / "summary.md").read_text()
     assert out / "plots" / "bias_variance.png" not in written
     assert not (out / "plots" / "bias_variance.png").exists()
-    header = table_rows(summary)[0]
+    header = table_rows(summary)[0] + table_rows(summary, details=True)[0]
     assert "enc. var ÷ disarm" in header and "enc. bias² (nats²)" not in header
     assert "| gumbel (biased) | analytic |" in summary
 
@@ -555,7 +585,8 @@ def test_a_section_without_reparam_or_disarm_has_empty_ratios_and_says_why(tmp_p
     rows = table_rows(summary)
     ratio = rows[0].index("enc. var ÷ reference")
     assert {row[ratio] for row in rows[1:]} == {"—"}
-    assert "no reference estimator (reparam or disarm) in this section" in summary
+    assert "No reference estimator (reparam or disarm) in this section" in summary
+    assert "the median final mean test ELBO of the section's rows (no reference" in summary
 
 
 def test_estimators_with_a_bias_reference_are_marked_biased_at_any_k(monkeypatch):
@@ -597,6 +628,175 @@ def test_report_on_the_quick_suite_output(tmp_path):
     assert all(cell for row in rows for cell in row)
     assert "nan" not in summary.lower()
     assert "plots/snr_vs_k.png`: skipped" in summary  # K fixed per estimator
+    # One seed each, and no grad_var_se or SNR floor yet: no interval, no test, no mark.
+    header = table_rows(summary)[0]
+    for name in ("test ELBO", "test NLL"):
+        index = next(i for i, cell in enumerate(header) if cell.startswith(name))
+        assert {row[index].split(" ± ")[1] for row in rows} == {"—"}
+    assert {row[header.index("vs best")] for row in rows[1:]} == {"no test (n = 1)"}
+    assert not any("[" in cell or "≈floor" in cell for row in rows for cell in row)
+    assert "No row has 2 or more seeds in common with the best" in summary
+    assert "no interval: runs.csv predates grad_var_se" in summary
+    assert "runs.csv predates its noise floor (snr_floor): no SNR is marked" in summary
+
+
+def set_value(rows: list[tuple], value: float, **match: object) -> list[tuple]:
+    """`rows` with `value` in those whose RUN_COLUMNS named in `match` hold the given values."""
+    where = {RUN_COLUMNS.index(column): wanted for column, wanted in match.items()}
+    return [
+        (*row[:-1], value) if all(row[i] == wanted for i, wanted in where.items()) else row
+        for row in rows
+    ]
+
+
+def markdown_of(tmp_path: Path, rows: list[tuple]) -> tuple[pd.DataFrame, str]:
+    """The summary table of `rows` and its markdown, without drawing plots."""
+    write_csv(tmp_path / "runs.csv", rows, beta_column=True)
+    table = summary_table(load_runs(tmp_path))
+    return table, "\n".join(summary_markdown(table, {}))
+
+
+def column(summary: str, name: str) -> dict[tuple[str, str], str]:
+    """The cells of headline column `name` by (estimator, KL)."""
+    rows = table_rows(summary)
+    return {(r[0].strip("*"), r[1]): r[rows[0].index(name)] for r in rows[1:]}
+
+
+def test_snr_is_marked_exactly_when_below_the_floor_plus_2_sd(tmp_path):
+    """Floor 0.08 and sd 0.01 per seed: the mean of two seeds has sd 0.01/√2, so an SNR mean
+    below 0.08 + 2 · 0.00707 = 0.09414 cannot be told from the floor, one above it can."""
+    rows = synthetic_rows(("reparam", "stl"), kls=("analytic",), diverged=None)
+    for estimator, seeds in (("reparam", (0.0940, 0.0942)), ("stl", (0.0941, 0.0943))):
+        for seed, snr in enumerate(seeds):
+            rows = set_value(
+                rows, snr, estimator=estimator, seed=seed, step=STEPS[-1], metric="snr_encoder"
+            )
+    _, summary = markdown_of(tmp_path, rows)
+    assert column(summary, "enc. SNR") == {
+        ("reparam", "analytic"): "0.0941 ≈floor",
+        ("stl", "analytic"): "0.0942",
+    }
+    assert "≈floor: below floor + 2 sd" in summary and "(0.0800 here, ≈ √(2/(πR)))" in summary
+    _, summary = markdown_of(tmp_path, [r for r in rows if "snr_floor" not in r[9]])
+    assert "≈floor" not in summary and "predates its noise floor" in summary
+
+
+def test_snr_vs_k_plot_draws_the_step_0_measurement_first(tmp_path, monkeypatch):
+    """Step-0 SNRs differ from the final ones (the variance halves during training) and one is
+    set at the floor: the first row of panels shows step 0, that point hollow; the second row
+    the final values, all filled."""
+    rows = synthetic_rows(("iwae",), kls=("mc",), ks=(1, 5), diverged=None)
+    rows = set_value(rows, 0.05, k=5, step=0, metric="snr_encoder")
+    write_csv(tmp_path / "runs.csv", rows)
+    runs = load_runs(tmp_path)
+    finals = final_values(runs, run_status(runs))
+    figures = []
+    monkeypatch.setattr(sweep_plots, "save", lambda fig, path: figures.append(fig) or path)
+    assert sweep_plots.plot_snr_vs_k(runs, finals, Look(runs), tmp_path / "snr.png")
+    axes = figures[0].axes
+    assert ["step 0" in ax.get_title() for ax in axes] == [True, True, False, False]
+    assert all("end of training" in ax.get_title() for ax in axes[2:])
+    start = runs[(runs["step"] == 0) & (runs["metric"] == "snr_encoder")]
+    expected = {
+        "step 0": start.groupby("k")["value"].mean(),
+        "final": finals["snr_encoder"].groupby("k").mean(),
+    }
+    assert expected["step 0"][5] == pytest.approx(0.05)
+    assert expected["step 0"][1] != pytest.approx(expected["final"][1])
+    for ax, phase in ((axes[0], "step 0"), (axes[2], "final")):
+        points = {}
+        for collection in ax.collections:
+            if type(collection).__name__ == "PathCollection":
+                hollow = tuple(collection.get_facecolor()[0][:3]) == (1.0, 1.0, 1.0)
+                for k, snr in collection.get_offsets():
+                    points[int(k)] = (snr, hollow)
+        assert points == {
+            k: (pytest.approx(expected[phase][k]), phase == "step 0" and k == 5) for k in (1, 5)
+        }
+
+
+def test_time_to_target_interpolates_each_seed_and_counts_those_that_reach_it(tmp_path):
+    """Target: reparam's final mean test ELBO − 5, rounded. Each seed's curve (ELBO-only
+    checkpoints included: the synthetic curves rise monotonically, so np.interp inverts them)
+    gives the seconds at the target; stl mc seed 1 is held at −150 nats and never gets there."""
+    rows = synthetic_rows(("reparam", "stl", "score"), diverged=None)
+    for step in (300, 1000):
+        rows = set_value(
+            rows, -150.0, estimator="stl", kl="mc", seed=1, step=step, metric="elbo_test"
+        )
+    table, summary = markdown_of(tmp_path, rows)
+    runs = load_runs(tmp_path)
+    reparam = table[(table["estimator"] == "reparam") & (table["kl"] == "analytic")].iloc[0]
+    target = round(reparam["elbo_test_mean"] - 5.0)
+    assert set(table["target_elbo"]) == {target}
+    assert f"time to ELBO ≥ {target} (s)" in table_rows(summary)[0]
+    assert "reparam (KL analytic, K = 1, β = 1)'s final mean test ELBO − 5, rounded" in summary
+
+    def seconds(estimator: str, kl: str, seed: int, steps: tuple[int, ...] = ()) -> float:
+        run = runs[(runs["estimator"] == estimator) & (runs["kl"] == kl) & (runs["seed"] == seed)]
+        curve = run.pivot_table("value", "step", "metric")[["elbo_test", "train_seconds"]]
+        curve = curve.dropna().loc[list(steps or curve.index)]
+        return float(np.interp(target, curve["elbo_test"], curve["train_seconds"]))
+
+    rows = {(r.estimator, r.kl): r for r in table.itertuples()}
+    both = [seconds("reparam", "mc", seed) for seed in (0, 1)]
+    assert rows[("reparam", "mc")].target_seconds == pytest.approx(np.mean(both))
+    coarse = [seconds("reparam", "mc", seed, STEPS) for seed in (0, 1)]
+    assert rows[("reparam", "mc")].target_seconds != pytest.approx(np.mean(coarse))
+    assert rows[("stl", "mc")].target_reached == 1
+    assert rows[("stl", "mc")].target_seconds == pytest.approx(seconds("stl", "mc", 0))
+    cells = column(summary, f"time to ELBO ≥ {target} (s)")
+    assert cells[("stl", "mc")].endswith(" (1 of 2 seeds)")
+    assert cells[("score", "analytic")] == cells[("score", "mc")] == "not reached"
+
+
+def test_comparison_with_the_best_is_paired_by_seed_and_says_when_seeds_are_too_few(
+    tmp_path, reported
+):
+    """Three seeds: score is 63 nats of NLL behind reparam on every seed, with a spread of its
+    own: told apart ("worse"). Base runs, two seeds: the 1-degree-of-freedom caveat; a row with
+    one finished seed: no test."""
+    rows = synthetic_rows(("reparam", "score"), kls=("analytic",), seeds=(0, 1, 2), diverged=None)
+    table, summary = markdown_of(tmp_path, rows)
+    assert table["best_n"].tolist() == [3, 3] and table["best_p"].iloc[1] < 0.05
+    cells = column(summary, "vs best")
+    assert cells[("reparam", "analytic")] == "best"
+    assert (
+        cells[("score", "analytic")].startswith("worse (p")
+        and "n = 3)" in cells[("score", "analytic")]
+    )
+    assert "1 degree of freedom" not in summary
+    summary = (reported[0] / "summary.md").read_text()
+    assert "With n = 2 the test has 1 degree of freedom and almost no power" in summary
+    assert column(summary, "vs best")[("score", "mc")] == "no test (n = 1)"  # seed 1 diverged
+    assert "Holm-adjusted over every pair of rows in this section" in summary
+
+
+def test_variance_ratio_and_variance_carry_their_95_percent_intervals(reported):
+    """stl ÷ reparam (analytic): 21 / 52.5 = 0.4, each mean of two seeds with se 10% of each
+    value, so s = √2 · √(2.0² + 2.2²)/2/21 = 0.1001 and the interval 0.4 · e^(∓1.96 s)."""
+    summary = (reported[0] / "summary.md").read_text()
+    cells = column(summary, "enc. var ÷ reparam")
+    assert cells[("stl", "analytic")] == "0.400 [0.329, 0.487]"
+    assert cells[("reparam", "analytic")] == "1.00"  # the reference itself: exactly 1
+    details = table_rows(summary, details=True)
+    variance = {(r[0], r[1]): r[details[0].index("enc. grad var (nats²)")] for r in details[1:]}
+    assert variance[("stl", "analytic")] == "2.10e1 [1.83e1, 2.41e1]"  # 21 · e^(∓1.96 · 0.0708)
+    assert "delta method on the log ratio" in summary and "v · exp(∓1.96 · se/v)" in summary
+
+
+def test_elbo_only_checkpoints_leave_gradient_finals_and_curves_alone(reported):
+    """The ELBO_STEPS checkpoints carry only elbo_test and train_seconds: final gradient
+    statistics come from the last full checkpoint, variance curves have only full checkpoints,
+    and the ELBO curves have every checkpoint."""
+    runs = load_runs(reported[0])
+    finals = final_values(runs, run_status(runs))["grad_var_encoder"].dropna()
+    last = runs[(runs["step"] == STEPS[-1]) & (runs["metric"] == "grad_var_encoder")]
+    assert finals.tolist() == last.set_index(report_runs.CONFIG).loc[finals.index, "value"].tolist()
+    assert set(_variance_curves(runs, "grad_var_encoder")["step"]) == set(STEPS)
+    assert set(_seed_curves(runs, "elbo_test")["step"]) == set(STEPS + ELBO_STEPS)
+    table = summary_table(runs)
+    assert table["snr_encoder"].notna().all() and table["grad_var_encoder_rel"].notna().all()
 
 
 def test_environment_line_lists_every_command_when_suites_share_a_directory():

@@ -8,10 +8,11 @@ regenerated at any time, and two runs on the same files give byte-identical outp
 orders, no timestamps, PNGs saved without software metadata). Running configurations (no
 `run_complete` row yet) are left out.
 
-Modules: `runs` (reading and per-configuration status), `tables` (the summary table and its
-markdown), `plots` (the shared look), `training_plots`, `final_plots`, `sweep_plots` (SNR vs K,
-rate vs distortion) and `toy_plot` (the nine plots), `writer` (write_report) and `cli` (the
-command).
+Modules: `runs` (reading and per-configuration status), `stats` (the statistics behind every
+printed uncertainty), `comparisons` (rows against their section's best, and time to a target
+ELBO), `tables` (the summary table and its markdown), `plots` (the shared look),
+`training_plots`, `final_plots`, `sweep_plots` (SNR vs K, rate vs distortion) and `toy_plot`
+(the nine plots), `writer` (write_report) and `cli` (the command).
 """
 
 from bench.report.cli import add_report_arguments, main_report

@@ -1,6 +1,8 @@
 """Plots of final metrics, mean over seeds: encoder gradient variance against seconds per
 gradient (with the efficient frontier), training throughput per device, analytic vs Monte Carlo
-KL for estimators run with both, and the encoder gradient MSE split into variance and bias²."""
+KL for estimators run with both, and the encoder gradient MSE split into variance and bias².
+Variances are drawn with the 95% interval of their mean where runs.csv has their standard
+errors (`plots.variance_interval`)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.report.plots import SERIES, Look, figure, figure_legend, save, series_of, where
+from bench.report.plots import (
+    SERIES,
+    Look,
+    error_bars,
+    figure,
+    figure_legend,
+    save,
+    series_of,
+    variance_interval,
+    where,
+)
 from bench.report.runs import GROUP, ROW, bias_reference_of
-from bench.report.tables import group_title, pooled_se, sig
+from bench.report.stats import pooled_se
+from bench.report.tables import group_title, sig
 
 
 def _log_limits(set_limits, values: pd.Series, below: float, above: float) -> tuple[float, float]:
@@ -101,7 +114,9 @@ def plot_variance_cost(finals: pd.DataFrame, look: Look, path: Path) -> Path | N
     needed = {"grad_var_encoder", "grad_seconds"}
     if finals.empty or not needed <= set(finals.columns):
         return None
-    points = finals.groupby(ROW + ["device"])[sorted(needed)].mean().dropna().reset_index()
+    points = finals.groupby(ROW + ["device"])[sorted(needed)].mean().dropna()
+    interval = variance_interval(finals.reset_index(), ROW + ["device"], "grad_var_encoder")
+    points = points.join(interval[["low", "high"]]).reset_index()
     points = points[(points["grad_var_encoder"] > 0) & (points["grad_seconds"] > 0)]
     if points.empty:
         return None
@@ -124,6 +139,17 @@ def plot_variance_cost(finals: pd.DataFrame, look: Look, path: Path) -> Path | N
                     linewidth=0.6,
                     zorder=3,
                 )
+            bars = panel.dropna(subset=["low", "high"])
+            ax.errorbar(
+                bars["grad_seconds"],
+                bars["grad_var_encoder"],
+                error_bars(bars, "grad_var_encoder"),
+                fmt="none",
+                ecolor="0.35",
+                elinewidth=1,
+                capsize=2.5,
+                zorder=2,
+            )
             costs = zip(panel["grad_seconds"], panel["grad_var_encoder"], strict=True)
             frontier = _pareto(list(costs))
             if len(frontier) > 1:
@@ -132,9 +158,10 @@ def plot_variance_cost(finals: pd.DataFrame, look: Look, path: Path) -> Path | N
             ax.set_xscale("log")
             ax.set_yscale("log")
             x_span = _log_limits(ax.set_xlim, panel["grad_seconds"], 0.1, 0.35)
-            y_span = _log_limits(ax.set_ylim, panel["grad_var_encoder"], 0.08, 0.08)
+            variances = pd.concat([panel["grad_var_encoder"], bars["low"], bars["high"]])
+            y_span = _log_limits(ax.set_ylim, variances, 0.08, 0.08)
             _log_ticks(ax.xaxis, panel["grad_seconds"].min(), panel["grad_seconds"].max())
-            _log_ticks(ax.yaxis, panel["grad_var_encoder"].min(), panel["grad_var_encoder"].max())
+            _log_ticks(ax.yaxis, variances.min(), variances.max())
             _label_series(ax, panel, look, x_span, y_span)
             ax.set_title(f"{group_title(group)} — {device}")
             ax.set_xlabel("time per gradient estimate (s)")
@@ -145,7 +172,10 @@ def plot_variance_cost(finals: pd.DataFrame, look: Look, path: Path) -> Path | N
     ]
     handles.append(Line2D([], [], color="0.4", ls=":", label="efficient frontier"))
     figure_legend(fig, handles)
-    fig.suptitle("Variance against cost: lower left is better (mean over seeds)")
+    fig.suptitle(
+        "Variance against cost: lower left is better\n(mean over seeds; bars: 95% interval of "
+        "the variance, from the R draws)"
+    )
     return save(fig, path)
 
 
@@ -223,7 +253,11 @@ def plot_kl_modes(finals: pd.DataFrame, look: Look, path: Path) -> Path | None:
     needed = [m for m in ("elbo_test", "grad_var_encoder") if m in finals]
     if finals.empty or not needed:
         return None
-    means = finals[needed].groupby(ROW).mean().reset_index()
+    means = finals[needed].groupby(ROW).mean()
+    if "grad_var_encoder" in needed:
+        interval = variance_interval(finals.reset_index(), ROW, "grad_var_encoder")
+        means = means.join(interval[["low", "high"]])
+    means = means.reset_index()
     modes = means.groupby(GROUP + SERIES)["kl"].nunique()
     paired = modes[modes > 1].reset_index()[GROUP + SERIES]
     if paired.empty:
@@ -257,12 +291,25 @@ def plot_kl_modes(finals: pd.DataFrame, look: Look, path: Path) -> Path | None:
                         edgecolor="white",
                         zorder=3,
                     )
+                if metric == "grad_var_encoder":
+                    bars = s.dropna(subset=["low", "high"])
+                    ax.errorbar(
+                        bars[metric],
+                        [y] * len(bars),
+                        xerr=error_bars(bars, metric),
+                        fmt="none",
+                        ecolor="0.25",
+                        elinewidth=1,
+                        capsize=4,
+                        zorder=2.5,
+                    )
                 if len(s) == 2:
                     a, b = s[metric].to_numpy()
                     text = f"Δ {b - a:+.2f}" if metric == "elbo_test" else f"×{sig(b / a)}"
+                    right = s.reindex(columns=[metric, "high"]).max(axis=None)
                     ax.annotate(
                         text,
-                        (max(a, b), y),
+                        (right, y),
                         xytext=(8, 0),
                         textcoords="offset points",
                         va="center",
@@ -283,7 +330,7 @@ def plot_kl_modes(finals: pd.DataFrame, look: Look, path: Path) -> Path | None:
     first, last = kls[0], kls[-1]
     fig.suptitle(
         f"KL term: analytic vs Monte Carlo (mean over seeds)\n"
-        f"Δ = {last} − {first} (nats), × = {last} ÷ {first}"
+        f"Δ = {last} − {first} (nats), × = {last} ÷ {first}; bars: 95% interval of the variance"
     )
     return save(fig, path)
 

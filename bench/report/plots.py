@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report.runs import GROUP, format_beta
+from bench.report.stats import log_interval, pooled_se
 
 DPI = 120
 WIDTH = 8.5  # inches: 1020 px at DPI, legible when a README scales it to ~700 px
@@ -137,6 +138,28 @@ def where(frame: pd.DataFrame, **equal: object) -> pd.DataFrame:
     for column, value in equal.items():
         mask &= (frame[column] == value).to_numpy()
     return frame[mask]
+
+
+def variance_interval(wide: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
+    """Per `by` group of `wide` (a row per configuration, a column per metric): the mean over
+    seeds of the gradient variance `metric` (grad_var_G) and its 95% interval `low`, `high`
+    (`stats.log_interval` with the mean's standard error √(Σ se²)/n from the grad_var_se_G
+    column; NaN where a seed lacks it, or runs.csv predates it)."""
+    values = wide.dropna(subset=[metric])
+    se = f"grad_var_se_{metric.removeprefix('grad_var_')}"
+    errors = values[se] if se in values else pd.Series(np.nan, index=values.index)
+    groups = values.assign(_se=errors).groupby(by, sort=True)
+    result = pd.DataFrame({"mean": groups[metric].mean(), "se": groups["_se"].agg(pooled_se)})
+    result["low"], result["high"] = log_interval(result["mean"], result["se"])
+    return result.drop(columns="se")
+
+
+def error_bars(
+    frame: pd.DataFrame, value: str = "mean", low: str = "low", high: str = "high"
+) -> np.ndarray:
+    """[below, above]: the distances from column `value` to columns `low` and `high`, as
+    matplotlib's errorbar takes them."""
+    return np.array([frame[value] - frame[low], frame[high] - frame[value]])
 
 
 def series_of(frame: pd.DataFrame) -> list[Series]:

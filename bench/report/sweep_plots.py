@@ -1,6 +1,6 @@
-"""Plots across a swept setting, final values averaged over seeds: gradient SNR against the number
-of samples K (Rainforth et al. 2018), and distortion against rate across estimators and β
-(Alemi et al. 2018), with iso-ELBO lines."""
+"""Plots across a swept setting, averaged over seeds: gradient SNR against the number of samples K
+at step 0 and at the end of training (Rainforth et al. 2018), and final distortion against rate
+across estimators and β (Alemi et al. 2018), with iso-ELBO lines."""
 
 from __future__ import annotations
 
@@ -11,79 +11,135 @@ import numpy as np
 import pandas as pd
 
 from bench.report.final_plots import _log_ticks, _tick_label
-from bench.report.plots import Look, figure, figure_legend, save, section_legend, where
-from bench.report.runs import GROUP, ROW, format_beta
+from bench.report.plots import (
+    Look,
+    error_bars,
+    figure,
+    figure_legend,
+    save,
+    section_legend,
+    where,
+)
+from bench.report.runs import CONFIG, GROUP, ROW, format_beta
+from bench.report.stats import near_floor, pooled_se
 from bench.report.tables import group_title
 
 PARTS = {"encoder": "encoder (φ)", "decoder": "decoder (θ)"}
 # The IWAE rates of Rainforth et al. (2018): SNR ∝ K^exponent, drawn as a guide.
 SNR_RATES = {"encoder": -0.5, "decoder": 0.5}
+PHASES = {"step 0": "step 0, shared initialisation", "final": "end of training"}
+LINE = GROUP + ["estimator", "kl", "beta"]  # one line of the SNR plot: its points differ in K
 
 
-def plot_snr_vs_k(finals: pd.DataFrame, look: Look, path: Path) -> Path | None:
-    """Final encoder and decoder SNR vs K, one line per (estimator, KL, β) run with ≥ 2 values of
-    K; facets (dataset, model) × {encoder, decoder}; bars: min–max over seeds."""
-    from matplotlib.lines import Line2D
+def snr_points(runs: pd.DataFrame, finals: pd.DataFrame) -> pd.DataFrame:
+    """The points of the SNR-vs-K plot: per phase ("step 0": the measurement before training,
+    where every K of a seed has the same parameters and minibatch, so that only K differs, as in
+    Rainforth et al.'s prediction; "final": the last one, each K its own trained model), part G
+    and row key whose line (estimator, KL, β) has ≥ 2 values of K: `mean`, `min`, `max` of the
+    positive snr_G over seeds, the noise floor's mean `floor` and the standard deviation of the
+    mean over seeds `floor_sd` (√(Σ sd²)/n; NaN where runs.csv predates it), and `near` (the mean
+    cannot be told from the floor, `stats.near_floor`)."""
+    start = runs[(runs["step"] == 0) & runs["metric"].str.startswith("snr_")]
+    phases = {
+        "step 0": start.pivot_table("value", CONFIG, "metric", aggfunc="first"),
+        "final": finals,
+    }
+    parts = []
+    for phase, wide in phases.items():
+        for part in PARTS:
+            columns = [f"snr_{part}", f"snr_floor_{part}", f"snr_floor_sd_{part}"]
+            if columns[0] not in wide:
+                continue
+            values = wide.reindex(columns=columns).set_axis(["snr", "floor", "sd"], axis=1)
+            groups = values[values["snr"] > 0].groupby(ROW)
+            points = groups["snr"].agg(["mean", "min", "max"])
+            points["floor"] = groups["floor"].mean()
+            points["floor_sd"] = groups["sd"].agg(pooled_se)
+            points = points.reset_index()
+            points = points[points.groupby(LINE)["k"].transform("nunique") > 1]
+            points["near"] = near_floor(points["mean"], points["floor"], points["floor_sd"])
+            parts.append(points.assign(phase=phase, part=part))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def _snr_panel(ax, panel: pd.DataFrame, look: Look, part: str) -> None:
+    """One panel: a line per (estimator, KL, β) with min–max bars over seeds, points hollow where
+    the SNR cannot be told from the noise floor; the floor ± 2 sd as a grey band; the IWAE rate
+    as a dashed guide through iwae's first point (else the smallest K's)."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-    needed = ["snr_encoder", "snr_decoder"]
-    if finals.empty or not set(needed) <= set(finals.columns):
+    anchors = []
+    for (estimator, kl, beta), s in panel.groupby(["estimator", "kl", "beta"], sort=True):
+        s = s.sort_values("k")
+        colour = look.series_colour(estimator, int(s["k"].max()), beta)
+        ax.errorbar(
+            s["k"],
+            s["mean"],
+            error_bars(s, low="min", high="max"),
+            color=colour,
+            lw=1.8,
+            capsize=3,
+            zorder=2,
+        )
+        for near, points in s.groupby("near"):
+            ax.scatter(
+                points["k"],
+                points["mean"],
+                marker=look.marker[kl],
+                s=40,
+                zorder=3,
+                color="white" if near else colour,
+                edgecolor=colour,
+                linewidth=1.5,
+            )
+        anchors.append((estimator != "iwae", float(s["k"].iloc[0]), float(s["mean"].iloc[0])))
+    ks = sorted(set(panel["k"]))
+    floors = panel.dropna(subset=["floor", "floor_sd"]).groupby("k")[["floor", "floor_sd"]].mean()
+    if not floors.empty:
+        low = np.maximum(floors["floor"] - 2 * floors["floor_sd"], floors["floor"] / 2)
+        high = floors["floor"] + 2 * floors["floor_sd"]
+        ax.fill_between(floors.index, low, high, color="0.5", alpha=0.3, lw=0, zorder=1)
+    _, k0, y0 = min(anchors)
+    grid = np.geomspace(k0, max(ks), 20)
+    ax.plot(grid, y0 * (grid / k0) ** SNR_RATES[part], color="0.3", ls="--", lw=1.2, zorder=4)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(ks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_major_formatter(FuncFormatter(_tick_label))
+    drawn = pd.concat([panel["min"], panel["max"], floors["floor"]])
+    _log_ticks(ax.yaxis, drawn.min(), drawn.max())
+    ax.set_xlim(min(ks) / 1.35, max(ks) * 1.35)
+    ax.set_xlabel("samples per example K (log)")
+    ax.set_ylabel(f"{part} SNR (|mean| / std, log)")
+
+
+def plot_snr_vs_k(runs: pd.DataFrame, finals: pd.DataFrame, look: Look, path: Path) -> Path | None:
+    """Encoder and decoder SNR vs K (`snr_points`), one line per (estimator, KL, β) run with ≥ 2
+    values of K; facet rows (dataset, model) × phase (step 0 first, then final), columns
+    {encoder, decoder}; None without such a line."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    points = snr_points(runs, finals)
+    if points.empty:
         return None
-    values = finals[needed].reset_index()
-    values = values[(values[needed] > 0).all(axis=1)]
-    line = GROUP + ["estimator", "kl", "beta"]
-    swept = values.groupby(line)["k"].transform("nunique") > 1
-    values = values[swept]
-    if values.empty:
-        return None
-    stats = values.groupby(ROW)[needed].agg(["mean", "min", "max"])
-    groups = sorted(values.groupby(GROUP).groups)
-    fig, axes = figure(len(groups), 2, 3.6)
-    lines = sorted({tuple(key)[2:] for key in values[line].drop_duplicates().to_numpy()})
-    several_kl = len({kl for _, kl, _ in lines}) > 1
-    for i, group in enumerate(groups):
-        in_group = stats[
-            (stats.index.get_level_values("dataset") == group[0])
-            & (stats.index.get_level_values("model") == group[1])
-        ]
-        ks = sorted(set(in_group.index.get_level_values("k")))
+    panels = sorted(
+        points.groupby(GROUP + ["phase"]).groups, key=lambda g: (g[:2], list(PHASES).index(g[2]))
+    )
+    fig, axes = figure(len(panels), 2, 3.4)
+    for i, (dataset, model, phase) in enumerate(panels):
         for j, part in enumerate(PARTS):
-            ax = axes[i, j]
-            metric = f"snr_{part}"
-            anchors = []
-            for (estimator, kl, beta), s in in_group.groupby(level=["estimator", "kl", "beta"]):
-                s = s[metric].droplevel(GROUP + ["estimator", "kl", "beta"]).sort_index()
-                k = s.index.to_numpy(dtype=float)
-                colour = look.series_colour(estimator, int(k.max()), beta)
-                ax.errorbar(
-                    k,
-                    s["mean"],
-                    yerr=[s["mean"] - s["min"], s["max"] - s["mean"]],
-                    color=colour,
-                    marker=look.marker[kl],
-                    ms=6,
-                    lw=1.8,
-                    capsize=3,
-                    mec="white",
-                    mew=0.6,
-                )
-                anchors.append((estimator != "iwae", k[0], float(s["mean"].iloc[0])))
-            if anchors:  # the IWAE rate through iwae's first point (else the smallest-K one)
-                _, k0, y0 = min(anchors)
-                grid = np.geomspace(k0, max(ks), 20)
-                guide = y0 * (grid / k0) ** SNR_RATES[part]
-                ax.plot(grid, guide, color="0.3", ls="--", lw=1.2, zorder=4)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.xaxis.set_major_locator(FixedLocator(ks))
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
-            ax.xaxis.set_minor_locator(NullLocator())
-            ax.yaxis.set_major_formatter(FuncFormatter(_tick_label))
-            _log_ticks(ax.yaxis, in_group[metric]["min"].min(), in_group[metric]["max"].max())
-            ax.set_xlim(min(ks) / 1.35, max(ks) * 1.35)
-            ax.set_title(f"{group_title(group)} — {PARTS[part]}")
-            ax.set_xlabel("samples per example K (log)")
-            ax.set_ylabel(f"final {part} SNR (|mean| / std, log)")
+            panel = where(points, dataset=dataset, model=model, phase=phase, part=part)
+            if panel.empty:
+                axes[i, j].set_axis_off()
+                continue
+            _snr_panel(axes[i, j], panel, look, part)
+            title = f"{group_title((dataset, model))} — {PARTS[part]}\n{PHASES[phase]}"
+            axes[i, j].set_title(title)
+    lines = sorted({tuple(key) for key in points[LINE[2:]].drop_duplicates().to_numpy()})
+    several_kl = len({kl for _, kl, _ in lines}) > 1
     handles = [
         Line2D(
             [],
@@ -96,10 +152,23 @@ def plot_snr_vs_k(finals: pd.DataFrame, look: Look, path: Path) -> Path | None:
         for estimator, kl, beta in lines
     ]
     handles.append(Line2D([], [], color="0.3", ls="--", lw=1.2, label="IWAE rate: 1/√K, √K"))
+    if points["floor"].notna().any():
+        handles.append(Patch(color="0.5", alpha=0.3, label="noise floor ± 2 sd"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="0.3",
+                marker="o",
+                mfc="white",
+                ls="",
+                label="cannot be told from the floor",
+            )
+        )
     figure_legend(fig, handles)
     fig.suptitle(
-        "Gradient SNR vs K (mean over seeds; bars: min–max). Rainforth et al. (2018): for IWAE,\n"
-        "encoder SNR falls as O(1/√K) and decoder SNR rises as O(√K)"
+        "Gradient SNR vs K (mean over seeds; bars: min–max). Rainforth et al. (2018), for IWAE\n"
+        "at fixed parameters (step 0): encoder SNR falls as O(1/√K), decoder SNR rises as O(√K)"
     )
     return save(fig, path)
 

@@ -2,17 +2,19 @@
 its markdown, one section per (dataset, model).
 
 Quality and variance figures of a row come from its cpu runs (the device of a row that ran
-elsewhere only); throughput has a column per device.
+elsewhere only); throughput has a column per device. Each section has a headline table (quality,
+comparison with the best, relative variance, SNR, cost) and a details table below it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
+from bench.report.comparisons import add_comparisons
 from bench.report.runs import (
     CONFIG,
     GROUP,
@@ -22,7 +24,16 @@ from bench.report.runs import (
     format_beta,
     is_multisample,
     primary_device,
+    primary_runs,
     run_status,
+)
+from bench.report.stats import (
+    FAMILY_ALPHA,
+    log_interval,
+    log_ratio_interval,
+    near_floor,
+    pooled_se,
+    t_interval,
 )
 
 DEVICES: tuple[str, ...] = ("cpu", "cuda")  # always given a throughput column ("—" if absent)
@@ -37,6 +48,7 @@ SEED_MEANS = (
     "grad_var_encoder",
     "grad_var_decoder",
     "snr_encoder",
+    "snr_floor_encoder",
     "grad_seconds",
     "work_var_encoder",
     "grad_draws",
@@ -45,26 +57,38 @@ SEED_MEANS = (
     "grad_bias_decoder",
     "grad_mse_decoder",
 )
-# Standard errors of per-seed estimates: pooled as the standard error of their mean.
-SEED_STANDARD_ERRORS = ("grad_bias_se_encoder", "grad_bias_se_decoder")
+# A markdown table: header, rows of cells, and which columns align right.
+Table = tuple[list[str], list[list[str]], list[bool]]
+# Standard errors (and the floor's standard deviation) of per-seed estimates: pooled as that of
+# their mean over seeds, √(Σ se²) / n.
+SEED_STANDARD_ERRORS = (
+    "grad_var_se_encoder",
+    "grad_var_se_decoder",
+    "grad_bias_se_encoder",
+    "grad_bias_se_decoder",
+    "snr_floor_sd_encoder",
+)
 
 
 def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (dataset, model, estimator, kl, k, beta): seed statistics of final metrics.
 
     Columns: the row key; `device` (whose runs give the quality figures); `seeds`, `finished`,
-    `diverged` (counts) and `divergence` (e.g. "diverged at step 300"); `elbo_test_mean/std`,
-    `rate_test_mean`, `distortion_test_mean`, `nll_test_mean/std`, `nll_samples`; final
-    `grad_var_encoder`, `grad_var_decoder`, `snr_encoder`, `grad_seconds`, `work_var_encoder`,
-    `grad_draws`, `grad_bias_G`, `grad_mse_G` (means over finished seeds; the bias ones NaN for
-    unbiased estimators) and `grad_bias_se_G` (the standard error of that mean);
-    `variance_reference` (the section's reference estimator, see `variance_reference`) and
-    `grad_var_encoder_rel`, `grad_var_decoder_rel` (÷ that reference, see `_relative`);
-    `throughput_<device>` for cpu, cuda and any other device present; `ranked_by` ("nll_test" or
-    "elbo_test"). Sorted within each (dataset, model) so the first row is the estimator to use:
-    rows without divergence first, then by final test NLL, lowest first, when every such row has
-    one (NLL compares ELBO- and IWAE-trained models fairly), else by final test ELBO, highest
-    first.
+    `diverged` (counts) and `divergence` (e.g. "diverged at step 300"); `elbo_test_mean`,
+    `nll_test_mean` and their `_ci` (half-width of the 95% t-interval over finished seeds,
+    `stats.t_interval`; NaN with one seed), `rate_test_mean`, `distortion_test_mean`,
+    `nll_samples`; final `grad_var_G`, `snr_encoder`, `snr_floor_encoder`, `grad_seconds`,
+    `work_var_encoder`, `grad_draws`, `grad_bias_G`, `grad_mse_G` (means over finished seeds; the
+    bias ones NaN for unbiased estimators) and `grad_var_se_G`, `grad_bias_se_G`,
+    `snr_floor_sd_encoder` (those of the mean, `stats.pooled_se`); `grad_var_G_low/high` (the
+    variance's 95% interval, `stats.log_interval`); `variance_reference` (the section's reference
+    estimator, see `variance_reference`) and `grad_var_G_rel` with its interval
+    `grad_var_G_rel_low/high` (÷ that reference, see `_relative`); `throughput_<device>` for cpu,
+    cuda and any other device present; `ranked_by` ("nll_test" or "elbo_test"); the comparison
+    with the section's best and the equal-cost view (`comparisons.add_comparisons`). Sorted within
+    each (dataset, model) so the first row is the estimator to use: rows without divergence
+    first, then by final test NLL, lowest first, when every such row has one (NLL compares ELBO-
+    and IWAE-trained models fairly), else by final test ELBO, highest first.
     """
     status = run_status(runs)
     finals = final_values(runs, status)
@@ -84,13 +108,12 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
             finished=len(done),
             diverged=len(broken),
             divergence=_divergence_text(broken, len(own)),
-            elbo_test_mean=_mean(final, "elbo_test"),
-            elbo_test_std=_std(final, "elbo_test"),
             rate_test_mean=_mean(final, "rate_test"),
             distortion_test_mean=_mean(final, "distortion_test"),
-            nll_test_mean=_mean(final, "nll_test"),
-            nll_test_std=_std(final, "nll_test"),
         )
+        for metric in ("elbo_test", "nll_test"):
+            values = final[metric] if metric in final else []
+            record[f"{metric}_mean"], record[f"{metric}_ci"] = t_interval(values)
         for metric in SEED_MEANS:
             record[metric] = _mean(final, metric)
         for metric in SEED_STANDARD_ERRORS:
@@ -107,7 +130,9 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
         references[key] for key in zip(table["dataset"], table["model"], strict=True)
     ]
     for part in ("encoder", "decoder"):
-        table[f"grad_var_{part}_rel"] = _relative(table, f"grad_var_{part}")
+        variance, se = table[f"grad_var_{part}"], table[f"grad_var_se_{part}"]
+        table[f"grad_var_{part}_low"], table[f"grad_var_{part}_high"] = log_interval(variance, se)
+        table = table.join(_relative(table, part))
     table["_healthy"] = table["diverged"] == 0
     by_nll = (
         table[table["_healthy"]]
@@ -125,7 +150,8 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
         na_position="last",
         kind="mergesort",
     )
-    return table.drop(columns=["_healthy", "_by_nll", "_rank"]).reset_index(drop=True)
+    table = table.drop(columns=["_healthy", "_by_nll", "_rank"]).reset_index(drop=True)
+    return add_comparisons(table, primary_runs(runs, status), finals)
 
 
 def _finals_of(finals: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
@@ -137,18 +163,6 @@ def _mean(frame: pd.DataFrame, column: str) -> float:
     return (
         float(frame[column].mean()) if column in frame and frame[column].notna().any() else np.nan
     )
-
-
-def _std(frame: pd.DataFrame, column: str) -> float:
-    values = frame[column].dropna() if column in frame else pd.Series(dtype=float)
-    return float(values.std(ddof=1)) if len(values) > 1 else np.nan
-
-
-def pooled_se(errors: pd.Series) -> float:
-    """Standard error of the mean of independent estimates with standard errors `errors`:
-    √(Σ se²) / n over the present ones; NaN without any."""
-    errors = errors.dropna()
-    return float(np.sqrt((errors**2).sum()) / len(errors)) if len(errors) else np.nan
 
 
 def _divergence_text(broken: pd.DataFrame, seeds: int) -> str:
@@ -173,30 +187,41 @@ def variance_reference(estimators: pd.Series) -> str | None:
     return next((name for name in REFERENCES if name in present), None)
 
 
-def _relative(table: pd.DataFrame, column: str) -> pd.Series:
-    """column ÷ the `variance_reference` row's in the same (dataset, model), at the reference's
-    smallest K (reparam: K = 1) whatever the row's K: same KL mode, else analytic; same β, else
-    β = 1. NaN where no such reference row has a finite positive value. A K-sample row's extra
-    cost shows in `work_var_encoder`."""
-    reference: dict[tuple, float] = {}
+def _relative(table: pd.DataFrame, part: str) -> pd.DataFrame:
+    """grad_var_{part} ÷ the `variance_reference` row's in the same (dataset, model), at the
+    reference's smallest K (reparam: K = 1) whatever the row's K: same KL mode, else analytic;
+    same β, else β = 1. Columns `grad_var_{part}_rel` (NaN where no such reference row has a
+    finite positive value) and its 95% interval `_rel_low`, `_rel_high` from the two rows' pooled
+    standard errors (`stats.log_ratio_interval`; NaN for the reference row itself, whose ratio is
+    exactly 1, and without standard errors). A K-sample row's extra cost shows in
+    `work_var_encoder`."""
+    column = f"grad_var_{part}"
+    reference: dict[tuple, int] = {}  # (dataset, model, kl, β) → the reference row's index
     rows = table[table["estimator"] == table["variance_reference"]]
     for r in rows.sort_values("k", kind="mergesort").itertuples():
         value = getattr(r, column)
         if np.isfinite(value) and value > 0:
-            reference.setdefault((r.dataset, r.model, r.kl, r.beta), value)
-    ratios = []
-    for row in table.itertuples():
-        base = next(
+            reference.setdefault((r.dataset, r.model, r.kl, r.beta), r.Index)
+    bases = [
+        next(
             (
                 reference[key]
                 for kl in dict.fromkeys([row.kl, "analytic"])
                 for beta in dict.fromkeys([row.beta, 1.0])
                 if (key := (row.dataset, row.model, kl, beta)) in reference
             ),
-            np.nan,
+            -1,
         )
-        ratios.append(getattr(row, column) / base)
-    return pd.Series(ratios, index=table.index, dtype=float)
+        for row in table.itertuples()
+    ]
+    base = table.reindex(bases)
+    se = table[f"grad_var_se_{part}"].to_numpy()
+    base_se = np.where(base.index == table.index, np.nan, base[f"grad_var_se_{part}"])
+    ratio, low, high = log_ratio_interval(table[column], se, base[column], base_se)
+    return pd.DataFrame(
+        {f"{column}_rel": ratio, f"{column}_rel_low": low, f"{column}_rel_high": high},
+        index=table.index,
+    )
 
 
 def estimator_cell(estimator: str, k: int) -> str:
@@ -246,10 +271,22 @@ def _count(x: float) -> str:
     return f"{round(x, 2 - math.floor(math.log10(abs(x)))):,.0f}"
 
 
-def _mean_std(mean: float, std: float) -> str:
+def _mean_ci(mean: float, half_width: float) -> str:
+    """'mean ± h', h the half-width of the 95% t-interval; 'mean ± —' with one seed."""
     if not np.isfinite(mean):
         return MISSING
-    return f"{mean:.1f} ± {std:.1f}" if np.isfinite(std) else f"{mean:.1f}"
+    if not np.isfinite(half_width):
+        return f"{mean:.1f} ± {MISSING}"
+    return (
+        f"{mean:.1f} ± {half_width:.1f}" if half_width >= 0.05 else f"{mean:.1f} ± {half_width:.2g}"
+    )
+
+
+def _with_interval(value: str, low: float, high: float, form: Callable[[float], str] = sig) -> str:
+    """'value [low, high]' (the 95% interval), or the value alone without an interval."""
+    if value == MISSING or not (np.isfinite(low) and np.isfinite(high)):
+        return value
+    return f"{value} [{form(low)}, {form(high)}]"
 
 
 def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
@@ -313,84 +350,159 @@ def summary_markdown(table: pd.DataFrame, envs: dict[str, dict[str, object]]) ->
 
 
 def _group_markdown(table: pd.DataFrame, envs: dict[str, dict[str, object]]) -> list[str]:
-    """Markdown lines for one (dataset, model): headline, table, notes, environment."""
-    vary_k = table["k"].nunique() > 1
-    vary_beta = table["beta"].nunique() > 1
+    """Markdown lines for one (dataset, model): the best row, the headline table and its notes,
+    the details table and its notes, the environment."""
+    vary = (table["k"].nunique() > 1, table["beta"].nunique() > 1)
     devices = [c.removeprefix("throughput_") for c in table.columns if c.startswith("throughput_")]
-    nll_k = sorted({int(k) for k in table["nll_samples"].dropna()})
-    nll_header = "test NLL (nats" + (f", k={nll_k[0]})" if len(nll_k) == 1 else ")")
-    reference = _reference_name(table)
-    bias = has_bias(table)
-    header = ["estimator", "KL"] + (["K"] if vary_k else []) + (["β"] if vary_beta else [])
-    header += [
-        "test ELBO (nats)",
-        "rate (nats)",
-        "distortion (nats)",
-        nll_header,
-        "enc. grad var (nats²)",
-        f"enc. var ÷ {reference}",
-        *(["enc. bias² (nats²)", "enc. MSE (nats²)"] if bias else []),
-        "dec. grad var (nats²)",
-        f"dec. var ÷ {reference}",
-        "enc. SNR",
-        *[f"throughput {d} (examples/s)" for d in devices],
-        "time per gradient (s)",
-        "enc. var × time (nats²·s)",
-    ]
-    rows = []
-    for r in table.itertuples():
-        name = estimator_cell(r.estimator, r.k)
-        row = [name.replace(r.estimator, f"**{r.estimator}**", 1) if not rows else name, r.kl]
-        row += [str(r.k)] if vary_k else []
-        row += [format_beta(r.beta)] if vary_beta else []
-        if r.finished == 0:
-            row += [r.divergence] + [MISSING] * (len(header) - len(row) - 1)
-            rows.append(row)
-            continue
-        elbo = _mean_std(r.elbo_test_mean, r.elbo_test_std)
-        if r.diverged:
-            elbo += f" ({r.finished} of {r.seeds} seeds; {r.divergence})"
-        nll = _mean_std(r.nll_test_mean, r.nll_test_std)
-        if len(nll_k) > 1 and np.isfinite(r.nll_samples):
-            nll += f" (k={int(r.nll_samples)})"
-        row += [
-            elbo,
-            _one_decimal(r.rate_test_mean),
-            _one_decimal(r.distortion_test_mean),
-            nll,
-            sci(r.grad_var_encoder),
-            sig(r.grad_var_encoder_rel),
-            *([_bias_cell(r.grad_bias_encoder, r.grad_bias_se_encoder)] if bias else []),
-            *([sci(r.grad_mse_encoder)] if bias else []),
-            sci(r.grad_var_decoder),
-            sig(r.grad_var_decoder_rel),
-            sig(r.snr_encoder),
-            *[_count(getattr(r, f"throughput_{d}")) for d in devices],
-            sci(r.grad_seconds),
-            sci(r.work_var_encoder),
-        ]
-        rows.append(row)
-    right = [False, False] + [True] * (len(header) - 2)
-
     by_nll = table["ranked_by"].iloc[0] == "nll_test"
     lines = []
     best = table.iloc[0]
     metric = "nll_test_mean" if by_nll else "elbo_test_mean"
     if best["finished"] > 0 and np.isfinite(best[metric]):
         where = [f"KL {best['kl']}"]
-        where += [f"K={best['k']}"] if vary_k else []
-        where += [f"β={format_beta(best['beta'])}"] if vary_beta else []
+        where += [f"K={best['k']}"] if vary[0] else []
+        where += [f"β={format_beta(best['beta'])}"] if vary[1] else []
         lines.append(
             f"Best final test {'NLL' if by_nll else 'ELBO'}: **{best['estimator']}** "
             f"({', '.join(where)}), {best[metric]:.1f} nats.\n"
         )
-    lines.append(_markdown(header, rows, right))
-    lines.append("")
-    lines.append(_notes(table, by_nll, vary_beta))
-    lines.append("")
+    lines += [_markdown(*_headline_table(table, vary)), "", _notes(table, by_nll, vary[1]), ""]
+    lines += ["Details:", "", _markdown(*_details_table(table, vary, devices)), ""]
+    lines += [_details_notes(table, vary[1]), ""]
     for device in sorted(set(table["device"]) | {d for d in devices if d in envs}):
         lines.append(_env_line(envs.get(device, {}), device) + "  ")
     return lines
+
+
+def _key_cells(r, vary: tuple[bool, bool], bold: bool) -> list[str]:
+    """estimator (in bold for the section's first row), KL, and K and β where they vary."""
+    name = estimator_cell(r.estimator, r.k)
+    cells = [name.replace(r.estimator, f"**{r.estimator}**", 1) if bold else name, r.kl]
+    return cells + ([str(r.k)] if vary[0] else []) + ([format_beta(r.beta)] if vary[1] else [])
+
+
+def _table(
+    table: pd.DataFrame,
+    vary: tuple[bool, bool],
+    header: list[str],
+    cells: Callable[[object], list[str]],
+    bold: bool,
+) -> Table:
+    """(header, rows, right-alignment) of a section table: the key cells, then `cells(r)` for a
+    row with finished seeds, or the divergence and dashes for a row without."""
+    keys = ["estimator", "KL"] + (["K"] if vary[0] else []) + (["β"] if vary[1] else [])
+    rows = []
+    for i, r in enumerate(table.itertuples()):
+        row = _key_cells(r, vary, bold and i == 0)
+        if r.finished == 0:
+            row += [r.divergence] + [MISSING] * (len(header) - 1)
+        else:
+            row += cells(r)
+        rows.append(row)
+    return keys + header, rows, [False, False] + [True] * (len(keys) + len(header) - 2)
+
+
+def _headline_table(table: pd.DataFrame, vary: tuple[bool, bool]) -> Table:
+    """The headline table: quality with 95% intervals, the comparison with the best, the relative
+    encoder variance with its interval, the SNR against its floor, and cost."""
+    nll_k = sorted({int(k) for k in table["nll_samples"].dropna()})
+    target = table["target_elbo"].iloc[0]
+    header = [
+        "test ELBO (nats)",
+        "test NLL (nats" + (f", k={nll_k[0]})" if len(nll_k) == 1 else ")"),
+        "vs best",
+        f"enc. var ÷ {_reference_name(table)}",
+        "enc. SNR",
+        "enc. var × time (nats²·s)",
+        f"time to ELBO ≥ {target:.0f} (s)" if np.isfinite(target) else "time to target ELBO (s)",
+    ]
+
+    def cells(r) -> list[str]:
+        elbo = _mean_ci(r.elbo_test_mean, r.elbo_test_ci)
+        if r.diverged:
+            elbo += f" ({r.finished} of {r.seeds} seeds; {r.divergence})"
+        nll = _mean_ci(r.nll_test_mean, r.nll_test_ci)
+        if len(nll_k) > 1 and np.isfinite(r.nll_samples):
+            nll += f" (k={int(r.nll_samples)})"
+        ratio = sig(r.grad_var_encoder_rel)
+        floor = near_floor(r.snr_encoder, r.snr_floor_encoder, r.snr_floor_sd_encoder)
+        return [
+            elbo,
+            nll,
+            _best_cell(r, r.Index == table.index[0]),
+            _with_interval(ratio, r.grad_var_encoder_rel_low, r.grad_var_encoder_rel_high),
+            sig(r.snr_encoder) + (" ≈floor" if floor else ""),
+            sci(r.work_var_encoder),
+            _time_cell(r),
+        ]
+
+    return _table(table, vary, header, cells, bold=True)
+
+
+def _details_table(table: pd.DataFrame, vary: tuple[bool, bool], devices: list[str]) -> Table:
+    """The details table: rate and distortion, gradient variances with their 95% intervals,
+    bias² and MSE (sections with a biased estimator), throughput and seconds per gradient."""
+    reference = _reference_name(table)
+    bias = has_bias(table)
+    header = [
+        "rate (nats)",
+        "distortion (nats)",
+        "enc. grad var (nats²)",
+        *(["enc. bias² (nats²)", "enc. MSE (nats²)"] if bias else []),
+        "dec. grad var (nats²)",
+        f"dec. var ÷ {reference}",
+        *[f"throughput {d} (examples/s)" for d in devices],
+        "time per gradient (s)",
+    ]
+
+    def cells(r) -> list[str]:
+        return [
+            _one_decimal(r.rate_test_mean),
+            _one_decimal(r.distortion_test_mean),
+            _with_interval(
+                sci(r.grad_var_encoder), r.grad_var_encoder_low, r.grad_var_encoder_high, sci
+            ),
+            *([_bias_cell(r.grad_bias_encoder, r.grad_bias_se_encoder)] if bias else []),
+            *([sci(r.grad_mse_encoder)] if bias else []),
+            _with_interval(
+                sci(r.grad_var_decoder), r.grad_var_decoder_low, r.grad_var_decoder_high, sci
+            ),
+            _with_interval(
+                sig(r.grad_var_decoder_rel), r.grad_var_decoder_rel_low, r.grad_var_decoder_rel_high
+            ),
+            *[_count(getattr(r, f"throughput_{d}")) for d in devices],
+            sci(r.grad_seconds),
+        ]
+
+    return _table(table, vary, header, cells, bold=False)
+
+
+def _best_cell(r, first: bool) -> str:
+    """'best' for the section's first row; else the verdict of the paired test with it: '≈best'
+    (not told apart at family-wise 5%), 'worse' or 'better' (told apart, by the sign of the mean
+    difference), with the Holm-adjusted p and the common seeds n; 'no test' with n < 2."""
+    if first:
+        return "best"
+    if r.best_n < 2:
+        return f"no test (n = {r.best_n})"
+    verdict = "≈best" if r.best_p > FAMILY_ALPHA else ("worse" if r.best_diff > 0 else "better")
+    p = "p < 0.001" if r.best_p < 0.001 else f"p = {r.best_p:.2g}"
+    return f"{verdict} ({p}, n = {r.best_n})"
+
+
+def _time_cell(r) -> str:
+    """Mean seconds to the section's target ELBO over the seeds that reached it, with 'k of n
+    seeds' when not all did; 'not reached' when none did; — without a target."""
+    if not np.isfinite(r.target_elbo):
+        return MISSING
+    if r.target_reached == 0:
+        return "not reached"
+    seconds = sig(r.target_seconds)
+    return (
+        seconds
+        if r.target_reached == r.seeds
+        else f"{seconds} ({r.target_reached} of {r.seeds} seeds)"
+    )
 
 
 def _one_decimal(x: float) -> str:
@@ -415,15 +527,12 @@ def _reference_name(table: pd.DataFrame) -> str:
     return str(names.iloc[0]) if len(names) else "reference"
 
 
-def _variance_note(table: pd.DataFrame, draw_text: str) -> str:
-    """What the gradient variance and its ratio to the section's reference are."""
-    text = (
-        f"Gradient variance: trace of the covariance of the minibatch-mean ELBO gradient{draw_text}"
-    )
+def _variance_note(table: pd.DataFrame) -> str:
+    """What the ratio of encoder variances to the section's reference is, and its interval."""
     reference = table["variance_reference"].dropna()
     if reference.empty:
         names = " or ".join(REFERENCES)
-        return f"{text}; no reference estimator ({names}) in this section for the ratios."
+        return f"No reference estimator ({names}) in this section for the variance ratios."
     name = str(reference.iloc[0])
     k = int(table.loc[table["estimator"] == name, "k"].min())
     others = (
@@ -431,9 +540,68 @@ def _variance_note(table: pd.DataFrame, draw_text: str) -> str:
         if k == 1
         else "whatever the row's K (differences in cost show in enc. var × time)"
     )
+    text = (
+        f"Enc. var ÷ {name}: the final encoder gradient variance (details) ÷ {name}'s with the "
+        f"same KL mode (else analytic) and β (else 1) at K = {k}, {others}"
+    )
+    if not np.isfinite(table["grad_var_encoder_rel_low"]).any():
+        return f"{text}; no interval: runs.csv predates grad_var_se (the variances' errors)."
     return (
-        f"{text}; ÷ {name} is against {name} with the same KL mode (else analytic) and β (else 1) "
-        f"at K = {k}, {others}."
+        f"{text}; [95% interval] by the delta method on the log ratio, r · exp(∓1.96 · s) with "
+        "s² = (se₁/v₁)² + (se₂/v₂)², each se that of a mean over seeds, √(Σ se²)/n, from the "
+        "standard errors the draws give (the two rows' measurements taken as independent)."
+    )
+
+
+def _comparison_note(table: pd.DataFrame, by_nll: bool) -> str:
+    """How 'vs best' compares each row with the first, and what too few seeds mean."""
+    metric = "NLL" if by_nll else "ELBO"
+    n = table["best_n"].iloc[1:][table["finished"].iloc[1:] > 0]
+    text = (
+        f"Vs best: two-sided paired t-test of the per-seed final test {metric} against the first "
+        "row's, on the n seeds both finished; p is Holm-adjusted over every pair of rows in this "
+        "section (the best is picked from the same data, so testing against it alone would "
+        "exceed the family-wise rate); ≈best: not told apart at family-wise 5%, worse (better): "
+        "told apart."
+    )
+    if len(n) and (n < 2).all():
+        return f"{text} No row has 2 or more seeds in common with the best: nothing can be told."
+    if (n == 2).any():
+        text += (
+            " With n = 2 the test has 1 degree of freedom and almost no power: ≈best there says "
+            "that two seeds are too few to tell, not that the rows are equal."
+        )
+    return text + (" n < 2: no test." if (n < 2).any() else "")
+
+
+def _snr_note(table: pd.DataFrame) -> str:
+    """What the encoder SNR is and the noise floor it is marked against."""
+    text = (
+        "Enc. SNR: mean over coordinates of |mean| / std of the encoder gradient draws (Rainforth "
+        "et al. 2018), mean over seeds"
+    )
+    floors = table["snr_floor_encoder"].dropna()
+    if floors.empty:
+        return f"{text}; runs.csv predates its noise floor (snr_floor): no SNR is marked."
+    low, high = sig(floors.min()), sig(floors.max())
+    shown = low if low == high else f"{low}–{high}"
+    return (
+        f"{text}; ≈floor: below floor + 2 sd, so it cannot be told from the noise floor, the SNR "
+        f"the same draws give when the true gradient is zero ({shown} here, ≈ √(2/(πR))); floor "
+        "and sd of the mean over seeds, sd = √(Σ sd²)/n."
+    )
+
+
+def _target_note(table: pd.DataFrame) -> str:
+    """What the equal-cost column measures and how its target is set."""
+    target, basis = table["target_elbo"].iloc[0], table["target_basis"].iloc[0]
+    if not np.isfinite(target):
+        return "Time to target ELBO: no final test ELBO in this section to set a target."
+    return (
+        f"Time to ELBO ≥ {target:.0f}: seconds of optimiser steps (train_seconds) until the test "
+        f"ELBO first reaches {target:.0f} nats = {basis} − 5, rounded; "
+        "interpolated linearly between the checkpoints around the first crossing, per seed; mean "
+        "over the seeds that reached it."
     )
 
 
@@ -452,28 +620,23 @@ def _bias_note(table: pd.DataFrame) -> str:
 
 
 def _notes(table: pd.DataFrame, by_nll: bool, vary_beta: bool) -> str:
-    """The paragraph under a table: what the cells are, how rows are sorted and compared."""
+    """The paragraph under the headline table: what the cells are, how rows are sorted and
+    compared."""
     seeds = "/".join(str(s) for s in sorted(set(table["seeds"])))
-    draws = sorted({int(x) for x in table["grad_draws"].dropna()})
-    draw_text = f" from R = {'/'.join(str(d) for d in draws)} draws" if draws else ""
     order = (
         "test NLL, lowest first (the fair yardstick across ELBO- and IWAE-trained models)"
         if by_nll
         else "test ELBO, highest first (test NLL is missing for some rows)"
     )
     notes = [
-        f"Mean ± std over {seeds} seed(s), at the final training step; rows sorted by {order}, "
-        "configurations that diverged last."
+        f"Test ELBO and NLL: mean ± half-width of the 95% Student-t interval (n − 1 degrees of "
+        f"freedom) over the n = {seeds} finished seed(s), {MISSING} with one seed, at the final "
+        f"training step; rows sorted by {order}, configurations that diverged last.",
+        _comparison_note(table, by_nll),
+        _variance_note(table),
+        _snr_note(table),
+        _target_note(table),
     ]
-    if np.isfinite(table["rate_test_mean"]).any():
-        notes.append(
-            "Rate = KL(q(z|x) ‖ p(z)) and distortion = −E_q log p(x|z) on the test set (mean over "
-            "seeds); test ELBO = −(rate + distortion)"
-            + (", with β = 1 whatever the training β." if vary_beta else ".")
-        )
-    notes.append(_variance_note(table, draw_text))
-    if has_bias(table):
-        notes.append(_bias_note(table))
     betas = sorted(set(table["beta"]))
     if not vary_beta and betas != [1.0]:
         notes.append(f"Every row has β = {format_beta(betas[0])} (the weight of the KL term).")
@@ -489,4 +652,32 @@ def _notes(table: pd.DataFrame, by_nll: bool, vary_beta: bool) -> str:
         + ", ".join(sorted(set(table["device"])))
         + f" runs; {MISSING} = not measured."
     )
+    return " ".join(notes)
+
+
+def _details_notes(table: pd.DataFrame, vary_beta: bool) -> str:
+    """The paragraph under the details table."""
+    notes = []
+    if np.isfinite(table["rate_test_mean"]).any():
+        notes.append(
+            "Rate = KL(q(z|x) ‖ p(z)) and distortion = −E_q log p(x|z) on the test set (mean over "
+            "seeds); test ELBO = −(rate + distortion)"
+            + (", with β = 1 whatever the training β." if vary_beta else ".")
+        )
+    draws = sorted({int(x) for x in table["grad_draws"].dropna()})
+    draw_text = f" from R = {'/'.join(str(d) for d in draws)} draws" if draws else ""
+    text = (
+        "Gradient variance: trace of the covariance of the minibatch-mean ELBO gradient"
+        f"{draw_text}, mean over seeds"
+    )
+    if np.isfinite(table["grad_var_encoder_low"]).any():
+        text += (
+            "; [95% interval] v · exp(∓1.96 · se/v) on the log scale, se = √(Σ se²)/n from the "
+            "standard errors the draws give. Dec. var ÷ reference as enc. var above."
+        )
+    else:
+        text += "; no interval: runs.csv predates grad_var_se."
+    notes.append(text)
+    if has_bias(table):
+        notes.append(_bias_note(table))
     return " ".join(notes)

@@ -1,5 +1,6 @@
 """Plots of metrics during training, mean over seeds with a min–max band: encoder gradient
-variance vs step, and test ELBO vs step and vs wall-clock seconds."""
+variance vs step (with the 95% interval of each checkpoint's mean), and test ELBO vs step and vs
+wall-clock seconds."""
 
 from __future__ import annotations
 
@@ -10,19 +11,43 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.report.plots import SERIES, Look, figure, save, series_legend, where
-from bench.report.runs import DIVERGED, GROUP, ROW
+from bench.report.plots import (
+    SERIES,
+    Look,
+    error_bars,
+    figure,
+    save,
+    series_legend,
+    variance_interval,
+    where,
+)
+from bench.report.runs import CONFIG, DIVERGED, GROUP, ROW
 from bench.report.tables import group_title
 
 TITLE_CHARACTERS = 85  # a figure title line wider than this is cut off at WIDTH
 
 
 def _seed_curves(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per (row key, step): mean, min and max over seeds of `metric`, plus mean train_seconds."""
+    """Per (row key, step) where `metric` was measured: mean, min and max over seeds of it, plus
+    mean train_seconds (checkpoints that measured only other metrics are not points)."""
     values = frame[frame["metric"] == metric].dropna(subset=["value"])
     stats = values.groupby(ROW + ["step"], sort=True)["value"].agg(["mean", "min", "max"])
     seconds = frame[frame["metric"] == "train_seconds"].groupby(ROW + ["step"])["value"].mean()
     return stats.join(seconds.rename("seconds")).reset_index()
+
+
+def _variance_curves(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """`_seed_curves` of a gradient variance with `low`, `high`: the 95% interval of the mean
+    over seeds at each checkpoint (`plots.variance_interval`)."""
+    wanted = frame[
+        frame["metric"].isin([metric, f"grad_var_se_{metric.removeprefix('grad_var_')}"])
+    ]
+    wide = wanted.pivot_table("value", CONFIG + ["step"], "metric", aggfunc="first")
+    if metric not in wide:
+        return pd.DataFrame()
+    interval = variance_interval(wide.reset_index(), ROW + ["step"], metric)
+    curves = _seed_curves(frame, metric)
+    return curves.join(interval[["low", "high"]], on=ROW + ["step"])
 
 
 def _symlog_x(ax, values: np.ndarray) -> None:
@@ -36,10 +61,11 @@ def _symlog_x(ax, values: np.ndarray) -> None:
 
 
 def plot_grad_var(runs: pd.DataFrame, look: Look, path: Path) -> Path | None:
-    """Encoder gradient variance vs step; facets: (dataset, model) × KL; band: seed range."""
+    """Encoder gradient variance vs step; facets: (dataset, model) × KL; band: seed range; bars:
+    the 95% interval of the mean over seeds where runs.csv has grad_var_se_encoder."""
     from matplotlib.lines import Line2D
 
-    curves = _seed_curves(runs, "grad_var_encoder")
+    curves = _variance_curves(runs, "grad_var_encoder")
     if curves.empty:
         return None
     groups = sorted(curves.groupby(GROUP).groups)
@@ -54,6 +80,10 @@ def plot_grad_var(runs: pd.DataFrame, look: Look, path: Path) -> Path | None:
                 colour = look.series_colour(*series)
                 ax.plot(c["step"], c["mean"], color=colour, lw=1.8)
                 ax.fill_between(c["step"], c["min"], c["max"], color=colour, alpha=0.2, lw=0)
+                c = c.dropna(subset=["low", "high"])
+                ax.errorbar(
+                    c["step"], c["mean"], error_bars(c), fmt="none", ecolor=colour, capsize=2.5
+                )
             # A cross at the last point drawn before each divergence.
             for r in where(stops, dataset=group[0], model=group[1], kl=kl).itertuples():
                 c = where(panel, estimator=r.estimator, k=r.k, beta=r.beta)
@@ -68,7 +98,10 @@ def plot_grad_var(runs: pd.DataFrame, look: Look, path: Path) -> Path | None:
             ax.set_ylabel("enc. gradient variance (nats²)" if j == 0 else "")
     diverged = Line2D([], [], color="0.3", ls="", marker="x", ms=8, mew=2, label="diverged")
     series_legend(fig, look, curves, extra=[diverged] if not stops.empty else [])
-    fig.suptitle("Encoder gradient variance during training (mean over seeds; band: min–max)")
+    fig.suptitle(
+        "Encoder gradient variance during training (mean over seeds; band: min–max over seeds;\n"
+        "bars: 95% interval of the mean, from the standard errors of the R draws)"
+    )
     return save(fig, path)
 
 

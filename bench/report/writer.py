@@ -26,16 +26,20 @@ from bench.report.tables import summary_markdown, summary_table
 from bench.report.training_plots import plot_elbo, plot_grad_var
 
 PLOT_CAPTIONS = {
-    "grad_var_encoder": "Encoder gradient variance vs training step, per KL mode.",
+    "grad_var_encoder": "Encoder gradient variance vs training step, per KL mode (band: seed "
+    "range; bars: 95% interval of the mean over seeds, from the standard errors of the draws).",
     "elbo_test": "Test ELBO vs training step and vs training wall-clock time (the standard "
     "K = 1 ELBO, also for models trained on an IWAE bound).",
-    "variance_cost": "Final encoder gradient variance vs seconds per gradient: the efficient "
-    "frontier.",
+    "variance_cost": "Final encoder gradient variance (bars: 95% interval) vs seconds per "
+    "gradient: the efficient frontier.",
     "throughput": "Training throughput per estimator and device.",
-    "kl_modes": "Analytic vs Monte Carlo KL for the same estimators.",
+    "kl_modes": "Analytic vs Monte Carlo KL for the same estimators (variance bars: 95% interval).",
     "snr_vs_k": "Encoder and decoder gradient SNR vs the number of samples K, per multi-sample "
-    "estimator: Rainforth et al. (2018) predict, for IWAE, encoder SNR falling as O(1/√K) and "
-    "decoder SNR rising as O(√K).",
+    "estimator, first at step 0, where every K of a seed has the same parameters and minibatch "
+    "(Rainforth et al. (2018) predict, for IWAE at fixed parameters, encoder SNR falling as "
+    "O(1/√K) and decoder SNR rising as O(√K)), then at the end of training, where each K has its "
+    "own trained model. Hollow markers: the SNR cannot be told from the noise floor (grey band: "
+    "floor ± 2 sd, the SNR of the same draws for a zero true gradient).",
     "rate_distortion": "Final distortion vs rate per estimator, KL mode, K and β, with iso-ELBO "
     "lines (rate + distortion = −ELBO): where each estimator sits on the rate–distortion plane.",
     "bias_variance": "Final encoder gradient error per estimator, in the sections with a biased "
@@ -52,7 +56,7 @@ SKIP_REASONS = {
     "variance_cost": "no finished run with grad_var_encoder and grad_seconds",
     "throughput": "no finished run with a throughput measurement",
     "kl_modes": "no estimator was run with more than one KL mode",
-    "snr_vs_k": "no estimator was run with two or more values of K (with snr_encoder and "
+    "snr_vs_k": "no estimator was run with two or more values of K (with snr_encoder or "
     "snr_decoder measured)",
     "rate_distortion": "no finished run with rate_test and distortion_test (runs.csv predates "
     "them)",
@@ -88,7 +92,7 @@ def write_report(out_dir: Path, toy: bool = True) -> list[Path]:
         drawn["variance_cost"] = plot_variance_cost(finals, look, plots / "variance_cost.png")
         drawn["throughput"] = plot_throughput(finals, look, plots / "throughput.png")
         drawn["kl_modes"] = plot_kl_modes(primary_finals, look, plots / "kl_modes.png")
-        drawn["snr_vs_k"] = plot_snr_vs_k(primary_finals, look, plots / "snr_vs_k.png")
+        drawn["snr_vs_k"] = plot_snr_vs_k(primary, primary_finals, look, plots / "snr_vs_k.png")
         drawn["rate_distortion"] = plot_rate_distortion(
             primary_finals, look, plots / "rate_distortion.png"
         )

@@ -1,0 +1,226 @@
+"""Every uncertainty the report prints, checked by repetition (bench/report/stats.py): over many
+independent synthetic repeats with a fixed seed, the share of intervals covering the truth, or of
+false alarms, must lie where a correct procedure puts it with probability 1 − TAIL (a binomial
+acceptance region), and the same check must reject a procedure known to be wrong."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from bench.report.stats import (
+    FAMILY_ALPHA,
+    LEVEL,
+    Z,
+    compare_with_best,
+    holm,
+    log_interval,
+    log_ratio_interval,
+    near_floor,
+    paired_t_test,
+    pooled_se,
+    seconds_to_target,
+    t_interval,
+    target_elbo,
+)
+
+REPEATS = 4000
+TAIL = 1e-3  # a correct procedure fails a check with probability ≤ 2 · TAIL (fixed seeds: never)
+
+
+def binomial_region(repeats: int, p: float) -> tuple[int, int]:
+    """Counts k with P(K < low) ≤ TAIL and P(K > high) ≤ TAIL for K ~ Binomial(repeats, p): the
+    number of successes of a procedure whose success probability is exactly p."""
+    return int(stats.binom.ppf(TAIL, repeats, p)), int(stats.binom.isf(TAIL, repeats, p))
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 10])
+def test_t_interval_covers_the_mean_95_percent_of_the_time(n):
+    rng = np.random.default_rng(n)
+    mu, sigma = -110.0, 2.0
+    seeds = rng.normal(mu, sigma, size=(REPEATS, n))
+    intervals = np.array([t_interval(x) for x in seeds])
+    covered = int((np.abs(intervals[:, 0] - mu) <= intervals[:, 1]).sum())
+    low, high = binomial_region(REPEATS, LEVEL)
+    assert low <= covered <= high
+    # The same check rejects the normal interval x̄ ± 1.96 s/√n (too narrow for few seeds).
+    normal = Z * seeds.std(axis=1, ddof=1) / np.sqrt(n)
+    wrong = int((np.abs(seeds.mean(axis=1) - mu) <= normal).sum())
+    assert not low <= wrong <= high
+
+
+def test_t_interval_without_spread_to_estimate():
+    for values in ([3.0], [np.nan, 3.0]):
+        mean, half = t_interval(values)
+        assert mean == 3.0 and np.isnan(half)
+    assert all(np.isnan(t_interval([])))
+    mean, half = t_interval([1.0, 3.0])
+    assert (mean, half) == pytest.approx((2.0, stats.t.ppf(0.975, 1) * np.sqrt(2) / np.sqrt(2)))
+
+
+def test_paired_t_test_false_alarm_rate_is_5_percent_under_the_null():
+    """One comparison (two rows): the p-value is exact, so p ≤ 0.05 in 5% of null repeats.
+    Seeds share a large effect (same initialisation), which pairing removes."""
+    rng = np.random.default_rng(1)
+    seed_effect = rng.normal(0, 5.0, size=(REPEATS, 1, 4))
+    values = seed_effect + rng.normal(0, 1.0, size=(REPEATS, 2, 4))
+    _, p = paired_t_test(values[:, 0] - values[:, 1])
+    alarms = int((p <= FAMILY_ALPHA).sum())
+    low, high = binomial_region(REPEATS, FAMILY_ALPHA)
+    assert low <= alarms <= high
+    # Unpaired (Welch) on the same data ignores the shared seed effect and almost never alarms.
+    welch = stats.ttest_ind(values[:, 0], values[:, 1], axis=1, equal_var=False).pvalue
+    assert not low <= int((welch <= FAMILY_ALPHA).sum()) <= high
+
+
+def test_paired_t_test_power_is_that_of_the_noncentral_t():
+    """Under a real difference Δ (σ of the differences 1, n seeds), P(p ≤ α) is the noncentral
+    t's tail beyond the critical value: the test detects real differences as often as it can."""
+    rng = np.random.default_rng(2)
+    n, delta = 5, 1.2
+    _, p = paired_t_test(rng.normal(delta, 1.0, size=(REPEATS, n)))
+    critical = stats.t.isf(FAMILY_ALPHA / 2, n - 1)
+    shift = delta * np.sqrt(n)
+    power = stats.nct.sf(critical, n - 1, shift) + stats.nct.cdf(-critical, n - 1, shift)
+    low, high = binomial_region(REPEATS, power)
+    assert 0.5 < power < 0.8 and low <= int((p <= FAMILY_ALPHA).sum()) <= high
+
+
+def test_paired_t_test_edge_cases():
+    n, p = paired_t_test(np.array([[1.0, np.nan, 2.0, 4.0], [1.0, np.nan, np.nan, np.nan]]))
+    assert n.tolist() == [3, 1] and np.isfinite(p[0]) and np.isnan(p[1])
+    assert paired_t_test([0.5, 0.5, 0.5])[1] == 0.0  # the same difference on every seed
+    assert paired_t_test([0.0, 0.0])[1] == 1.0
+
+
+def test_holm_adjusts_step_down_and_leaves_missing_tests_out():
+    adjusted = holm([0.01, 0.04, np.nan, 0.03, 0.005])
+    assert adjusted[[0, 1, 3, 4]] == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert np.isnan(adjusted[2])
+    assert holm([0.6, 0.4]).tolist() == [0.8, 0.8]  # monotone and capped at 1
+    assert holm([]).size == 0
+
+
+def _section_alarms(rows: int, seeds: int, family: str, rng: np.random.Generator) -> int:
+    """False alarms over REPEATS null sections (every row the same mean; seeds share an effect;
+    one seed missing in one row) with the best picked by its mean, as the report does: repeats
+    where some row is told apart from the best. `family`: "report" (compare_with_best) or
+    "best only" (Holm over the comparisons with the best alone)."""
+    alarms = 0
+    for _ in range(REPEATS):
+        values = rng.normal(0, 3.0, size=(1, seeds)) + rng.normal(0, 1.0, size=(rows, seeds))
+        values[-1, 0] = np.nan
+        best = int(np.argmin(np.nanmean(values, axis=1)))
+        if family == "report":
+            p = compare_with_best(values, best)[2]
+        else:
+            raw = paired_t_test(values - values[best])[1]
+            raw[best] = np.nan
+            p = holm(raw)
+        alarms += bool((p <= FAMILY_ALPHA).any())
+    return alarms
+
+
+@pytest.mark.parametrize(("rows", "seeds"), [(6, 4), (10, 3)])
+def test_comparison_with_the_best_holds_the_family_wise_rate_under_the_null(rows, seeds):
+    """Holm guarantees P(any false alarm) ≤ 5%: the count may not exceed the binomial bound of
+    a 5% procedure. Holm over the comparisons with the data-picked best alone exceeds it."""
+    rng = np.random.default_rng(rows)
+    high = binomial_region(REPEATS, FAMILY_ALPHA)[1]
+    assert _section_alarms(rows, seeds, "report", rng) <= high
+    if rows == 10:
+        assert _section_alarms(rows, seeds, "best only", rng) > high
+
+
+def test_comparison_with_the_best_detects_a_real_difference():
+    """Five rows of five seeds, the last worse by Δ: Holm rejects whenever that pair's p is below
+    α / (number of pairs), so it detects at least as often as that Bonferroni test, whose power
+    is the noncentral t's. The best is fixed (row 0) so that the bound is exact."""
+    rng = np.random.default_rng(3)
+    rows, seeds, delta = 5, 5, 4.0
+    pairs = rows * (rows - 1) // 2
+    detected = 0
+    for _ in range(REPEATS // 4):
+        values = rng.normal(0, 3.0, size=(1, seeds)) + rng.normal(0, 1.0, size=(rows, seeds))
+        values[-1] += delta
+        n, diff, p = compare_with_best(values, 0)
+        assert n.tolist() == [seeds] * rows and np.isnan(p[0])
+        detected += bool(p[-1] <= FAMILY_ALPHA and diff[-1] > 0)
+    critical = stats.t.isf(FAMILY_ALPHA / pairs / 2, seeds - 1)
+    shift = delta / np.sqrt(2) * np.sqrt(seeds)  # σ of a difference of two rows: √2
+    bound = stats.nct.sf(critical, seeds - 1, shift)
+    assert bound > 0.5 and detected >= binomial_region(REPEATS // 4, bound)[0]
+
+
+def _variance_estimates(rng, sigma2: np.ndarray, shape: tuple, draws: int = 100):
+    """Estimates of Σ_j σ_j² from `draws` normal draws per coordinate (sample variances are
+    σ² χ²_{R−1} / (R − 1)), and their standard errors from the same draws,
+    √(Σ_j 2 s_j⁴ / (R − 1)) (Var s² = 2σ⁴ / (R − 1) for normal draws)."""
+    s2 = sigma2 * rng.chisquare(draws - 1, size=(*shape, len(sigma2))) / (draws - 1)
+    return s2.sum(axis=-1), np.sqrt((2 * s2**2 / (draws - 1)).sum(axis=-1))
+
+
+def test_variance_interval_covers_the_variance_95_percent_of_the_time():
+    rng = np.random.default_rng(4)
+    sigma2 = np.array([4.0, 2.0, 1.0, 0.5, 0.5, 0.2])
+    value, se = _variance_estimates(rng, sigma2, (REPEATS,))
+    low, high = log_interval(value, se)
+    covered = int(((low <= sigma2.sum()) & (sigma2.sum() <= high)).sum())
+    region = binomial_region(REPEATS, LEVEL)
+    assert region[0] <= covered <= region[1]
+    assert np.isnan(log_interval(0.0, 1.0)[0]) and np.isnan(log_interval(2.0, np.nan)[1])
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_variance_ratio_interval_covers_the_ratio_95_percent_of_the_time(seeds):
+    """Two rows, each the mean over `seeds` seeds of a variance estimate with its standard error;
+    the seeds' errors pooled as the report pools them (√(Σ se²)/n). The same check rejects the
+    interval that forgets the reference's error, and the one that does not divide by n."""
+    rng = np.random.default_rng(5 + seeds)
+    row, reference = np.array([3.0, 1.0, 1.0, 0.4]), np.array([8.0, 2.0, 2.0, 1.0, 0.5])
+    a, se_a = _variance_estimates(rng, row, (REPEATS, seeds))
+    b, se_b = _variance_estimates(rng, reference, (REPEATS, seeds))
+    pooled_a = np.array([pooled_se(x) for x in se_a])
+    pooled_b = np.array([pooled_se(x) for x in se_b])
+    truth = row.sum() / reference.sum()
+    region = binomial_region(REPEATS, LEVEL)
+
+    def covered(error_a: np.ndarray, error_b: np.ndarray) -> int:
+        _, low, high = log_ratio_interval(a.mean(axis=1), error_a, b.mean(axis=1), error_b)
+        return int(((low <= truth) & (truth <= high)).sum())
+
+    assert region[0] <= covered(pooled_a, pooled_b) <= region[1]
+    assert not region[0] <= covered(pooled_a, 0 * pooled_b) <= region[1]
+    if seeds > 1:
+        assert not region[0] <= covered(pooled_a * seeds, pooled_b * seeds) <= region[1]
+
+
+def test_pooled_se_is_that_of_the_mean_and_unknown_with_a_missing_one():
+    assert pooled_se([3.0, 4.0]) == pytest.approx(2.5)
+    assert np.isnan(pooled_se([3.0, np.nan])) and np.isnan(pooled_se([]))
+
+
+def test_snr_is_near_the_floor_exactly_below_floor_plus_2_sd():
+    floor, sd = 0.08, 0.01
+    assert near_floor([0.0999, 0.1, 0.1001, 0.05], floor, sd).tolist() == [True, False, False, True]
+    assert not near_floor(0.01, np.nan, np.nan)
+
+
+def test_seconds_to_target_interpolates_the_first_crossing():
+    seconds = [0.0, 10.0, 20.0, 40.0, 80.0]
+    elbo = [-500.0, -200.0, -120.0, -100.0, -90.0]
+    assert seconds_to_target(seconds, elbo, -110.0) == pytest.approx(30.0)  # 20 + ½ · 20
+    assert seconds_to_target(seconds, elbo, -100.0) == pytest.approx(40.0)
+    assert seconds_to_target(seconds, elbo, -600.0) == 0.0
+    assert np.isnan(seconds_to_target(seconds, elbo, -89.0))  # never reached
+    # The first crossing, not the last; checkpoints missing a value are skipped.
+    bumpy = [-500.0, -105.0, -130.0, np.nan, -90.0]
+    assert seconds_to_target(seconds, bumpy, -110.0) == pytest.approx(10 * 390 / 395)
+    assert seconds_to_target([0, np.nan, 20, 40], [-300, -100, -200, -100], -150) == 30.0
+
+
+def test_target_is_the_reference_elbo_minus_5_nats_to_a_whole_nat():
+    assert target_elbo(-111.4) == -116.0
+    assert target_elbo(-110.6) == -116.0
+    assert target_elbo(-97.0) == -102.0
