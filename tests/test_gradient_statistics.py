@@ -77,9 +77,9 @@ def repeated_measurements() -> dict[str, list[float]]:
 
     for repeat in range(REPEATS):
         generator = torch.Generator().manual_seed(repeat)
-        biased = gradient_draws(gumbel, x, DRAWS, generator)
-        exact_forward = gradient_draws(straight_through, x, DRAWS, generator)
-        references = gradient_draws(reference, x, REFERENCE_DRAWS, generator)
+        biased = gradient_draws(gumbel, x, DRAWS, generator, "loop")  # the runner's CPU path
+        exact_forward = gradient_draws(straight_through, x, DRAWS, generator, "loop")
+        references = gradient_draws(reference, x, REFERENCE_DRAWS, generator, "loop")
         for name, draws in (("gumbel", biased), ("st_gumbel", exact_forward)):
             for group, group_draws in draws.items():
                 accumulator = BiasAccumulator(group_draws)
