@@ -11,6 +11,11 @@ STAMP  := $(VENV)/.installed
 OUT    ?= results
 DEVICE ?= auto
 SUITE  ?= default
+# Configurations trained at once (each in its own process; 1 = all in the driver process) and
+# torch threads per run. auto = cores / CPUS_PER_RUN (1 on CUDA): on the 2-core reference machine
+# two 1-thread runs side by side train faster in total than one 2-thread run (README).
+WORKERS      ?= auto
+CPUS_PER_RUN ?= 1
 
 .PHONY: install test bench plots lint clean bench-baseline bench-check
 
@@ -28,11 +33,12 @@ $(STAMP): pyproject.toml requirements.txt
 test: $(STAMP)
 	$(PY) -m pytest -q --benchmark-disable
 
-# The main job: train and measure every configuration of $(SUITE), then draw the report.
+# The main job: train every configuration of $(SUITE) ($(WORKERS) at a time, $(CPUS_PER_RUN) torch
+# threads each), time each alone afterwards (the cost pass), then draw the report.
 # Starts afresh (replacing $(OUT)/runs.csv); `make bench RESUME=1` continues a killed run instead.
 bench: $(STAMP)
 	$(PY) -m bench run --suite $(SUITE) --device $(DEVICE) --out $(OUT) \
-		$(if $(RESUME),--resume,--overwrite)
+		--workers $(WORKERS) --cpus-per-run $(CPUS_PER_RUN) $(if $(RESUME),--resume,--overwrite)
 	$(PY) -m bench report --out $(OUT)
 
 # Tables and plots from the stored $(OUT)/runs.csv, without training.

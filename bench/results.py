@@ -1,16 +1,21 @@
-"""runs.csv: long-format rows appended as they are measured, and resuming from it.
+"""runs.csv: long-format rows, appended one whole configuration at a time, and resuming from it.
 
 One row per measurement: `dataset, model, estimator, kl, k, beta, device, seed, step, metric,
 value` (the contract's columns of DESIGN.md plus `beta`, the KL weight).
-A configuration is finished when it has a `run_complete` row; on resume the rows of unfinished
-configurations (a run killed half way) are dropped and those configurations run again.
+The driver is the only writer: each append is one write of a configuration's rows, flushed and
+fsynced, its completion marker last. A configuration is trained when it has a `run_complete` row
+and costed when it has a `cost_complete` row (the exclusive cost pass, bench.cost). On resume the
+rows of untrained configurations (a kill mid-write) and the cost rows of uncosted ones are dropped,
+so those configurations run again.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.suites import RunConfig
@@ -29,12 +34,26 @@ COLUMNS = (
     "value",
 )
 KEY_COLUMNS = COLUMNS[:8]
-METRIC = COLUMNS.index("metric")
+KEY = len(KEY_COLUMNS)
+STEP, METRIC, VALUE = (COLUMNS.index(c) for c in ("step", "metric", "value"))
 WITHOUT_BETA = tuple(c for c in COLUMNS if c != "beta")  # the format before β-VAE runs
 COMPLETE = "run_complete"
 DIVERGED = "diverged"
+COST_COMPLETE = "cost_complete"
+# Written by the cost pass at the final step (bench.cost), COST_COMPLETE last.
+COST_METRICS = frozenset(
+    {
+        "throughput",
+        "grad_seconds",
+        "work_var_encoder",
+        "work_var_decoder",
+        "cost_threads",
+        COST_COMPLETE,
+    }
+)
 
 RowKey = tuple[str, ...]
+Measurements = list[tuple[int, dict[str, float]]]  # (step, {metric: value}) in the order taken
 
 
 def row_key(config: RunConfig, device: str) -> RowKey:
@@ -47,15 +66,34 @@ class ResultsExistError(FileExistsError):
     pass
 
 
+@dataclass(frozen=True)
+class Progress:
+    """What runs.csv already holds: keys of trained, diverged and costed configurations."""
+
+    trained: frozenset[RowKey]
+    diverged: frozenset[RowKey]
+    costed: frozenset[RowKey]
+
+    @classmethod
+    def of(cls, rows: Sequence[tuple[str, ...]]) -> Progress:
+        return cls(
+            keys_with(rows, COMPLETE), keys_with(rows, DIVERGED), keys_with(rows, COST_COMPLETE)
+        )
+
+    def needs_cost(self, key: RowKey) -> bool:
+        """Trained without diverging, and not yet through the cost pass."""
+        return key in self.trained and key not in self.diverged and key not in self.costed
+
+
 class RunsFile:
-    """Appends rows to DIR/runs.csv, flushing after every measurement."""
+    """DIR/runs.csv, written by one process: whole configurations, each in one fsynced write."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
     @classmethod
-    def open(cls, out_dir: Path, resume: bool, overwrite: bool) -> tuple[RunsFile, set[RowKey]]:
-        """Prepare DIR/runs.csv; returns the writer and the keys of finished configurations.
+    def open(cls, out_dir: Path, resume: bool, overwrite: bool) -> tuple[RunsFile, Progress]:
+        """Prepare DIR/runs.csv; returns the writer and what is already done.
 
         Without `resume` or `overwrite`, an existing non-empty runs.csv is an error: nothing is
         ever lost silently.
@@ -69,25 +107,35 @@ class RunsFile:
             )
         if overwrite:
             rows = []
-        finished = finished_keys(rows)
-        kept = [r for r in rows if r[: len(KEY_COLUMNS)] in finished]
+        progress = Progress.of(rows)
+        kept = [
+            r
+            for r in rows
+            if r[:KEY] in progress.trained
+            and (r[METRIC] not in COST_METRICS or r[:KEY] in progress.costed)
+        ]
         tmp = path.with_suffix(".csv.tmp")
         with tmp.open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(COLUMNS)
             writer.writerows(kept)
-        os.replace(tmp, path)
-        return cls(path), finished
-
-    def append(
-        self, config: RunConfig, device: str, step: int, values: Mapping[str, float]
-    ) -> None:
-        key = row_key(config, device)
-        with self.path.open("a", newline="") as handle:
-            writer = csv.writer(handle)
-            for metric, value in values.items():
-                writer.writerow((*key, step, metric, repr(float(value))))
             handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        return cls(path), progress
+
+    def append(self, config: RunConfig, device: str, measurements: Measurements) -> None:
+        """All of one configuration's rows in one write, flushed and fsynced: a kill leaves the
+        configuration whole or (but for a torn tail that resume drops) absent."""
+        key = row_key(config, device)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        for step, values in measurements:
+            writer.writerows((*key, step, metric, repr(float(v))) for metric, v in values.items())
+        with self.path.open("a", newline="") as handle:
+            handle.write(buffer.getvalue())
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def read_rows(path: Path) -> list[tuple[str, ...]]:
@@ -107,5 +155,20 @@ def read_rows(path: Path) -> list[tuple[str, ...]]:
         return [tuple(row) for row in reader if len(row) == len(COLUMNS)]
 
 
-def finished_keys(rows: Iterable[tuple[str, ...]]) -> set[RowKey]:
-    return {tuple(r[: len(KEY_COLUMNS)]) for r in rows if r[METRIC] == COMPLETE}
+def keys_with(rows: Iterable[tuple[str, ...]], metric: str) -> frozenset[RowKey]:
+    """Keys of the configurations that have a `metric` row."""
+    return frozenset(r[:KEY] for r in rows if r[METRIC] == metric)
+
+
+def final_values(
+    rows: Iterable[tuple[str, ...]], keys: Iterable[RowKey]
+) -> dict[RowKey, dict[str, float]]:
+    """Per configuration of `keys`, each metric's value at its last step."""
+    wanted = set(keys)
+    latest: dict[RowKey, dict[str, tuple[int, float]]] = {key: {} for key in wanted}
+    for r in rows:
+        if r[:KEY] in wanted:
+            step, seen = int(r[STEP]), latest[r[:KEY]].get(r[METRIC])
+            if seen is None or step >= seen[0]:
+                latest[r[:KEY]][r[METRIC]] = (step, float(r[VALUE]))
+    return {key: {m: v for m, (_, v) in values.items()} for key, values in latest.items()}

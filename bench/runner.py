@@ -1,28 +1,33 @@
-"""Train one configuration, measure it at log-spaced checkpoints, append rows as they come.
+"""The task function: train one configuration, measure it at log-spaced checkpoints, return rows.
 
+`run_configuration` writes nothing: it returns every measurement of the run in order
+(`run_complete` last, or `diverged` and `run_complete`), so that it can run in the driver, in a
+pool worker or remotely, and the driver (bench.execution) stays the only writer of runs.csv.
 Measurements (names as in runs.csv; definitions in vae_core.gradients and the README):
 at every checkpoint `elbo_train`, `elbo_test` (= −(`distortion_test` + `rate_test`)),
 `grad_var_*` with `grad_var_se_*`, `grad_sqnorm_*`, `snr_*` with `snr_floor_*` and
 `snr_floor_sd_*`, `train_seconds` (and `grad_bias_*`, `grad_bias_se_*`, `grad_mse_*` for a biased
 estimator); at evenly spaced steps in between, `elbo_test` and `train_seconds` alone; at the end
-`nll_test` (with `nll_samples`), `throughput`, `grad_seconds`, `work_var_*`, `grad_draws` (and
-`bias_draws`), `grad_batched`. Every measurement draws from its own generator seeded from
-(run seed, step), so it neither perturbs training nor depends on what was measured before.
+`nll_test` (with `nll_samples`), `grad_draws` (and `bias_draws`), `grad_batched` and `threads`
+(torch threads the run trained with). Timings of a step (`throughput`, `grad_seconds`,
+`work_var_*`) come from the exclusive cost pass (bench.cost), not from here. Every measurement
+draws from its own generator seeded from (run seed, step), so it neither perturbs training nor
+depends on what was measured before.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 
-from bench.results import COMPLETE, DIVERGED, RunsFile
+from bench.results import COMPLETE, DIVERGED, Measurements
 from bench.suites import MODELS, RunConfig
-from bench.timing import Stopwatch, median_seconds
-from vae_core.data import Dataset, binarize, iterate_minibatches
+from bench.timing import Stopwatch
+from vae_core.data import Dataset, iterate_minibatches
 from vae_core.estimators import REGISTRY, Estimator, EstimatorOutput, make_estimator
 from vae_core.gradients import gradient_statistics
 from vae_core.models import build_model
@@ -36,14 +41,19 @@ def grad_method(device: torch.device) -> str:
     return "vmap" if device.type == "cuda" else "loop"
 
 
-StepCallback = Callable[[int, float], None]
+# Steps between reads of the divergence monitor and progress reports (one host sync each).
+CHECK_EVERY = 50
+
+StepCallback = Callable[[int, float], None]  # (step, minibatch ELBO), every CHECK_EVERY steps
 
 
 @dataclass(frozen=True)
-class RunOutcome:
+class RunResult:
+    """A configuration's rows in the order measured, and how the run ended."""
+
+    measurements: Measurements
     steps_done: int
     diverged: bool
-    final_elbo_test: float
 
 
 def build_estimator(config: RunConfig, input_dim: int, device: torch.device) -> Estimator:
@@ -73,24 +83,42 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     x: torch.Tensor,
     generator: torch.Generator | None,
-    check_finite: bool = False,
-) -> EstimatorOutput | None:
-    """One optimiser step ascending the surrogate: forward, backward, step, baseline update.
-
-    With `check_finite`, a non-finite loss or gradient (divergence) skips the step and returns
-    None; this costs one device synchronisation, so the timed throughput steps leave it off.
-    """
+) -> EstimatorOutput:
+    """One optimiser step ascending the surrogate: forward, backward, step, baseline update."""
     out = estimator(x, estimator.sample_noise(x.shape[0], generator))
     optimizer.zero_grad(set_to_none=True)
     (-out.surrogate).backward()
-    if check_finite:
-        grads = [p.grad for p in estimator.parameters() if p.grad is not None]
-        values = [out.elbo.mean(), out.surrogate.detach(), torch.nn.utils.get_total_norm(grads)]
-        if not torch.isfinite(torch.stack(values)).all():
-            return None
     optimizer.step()
     estimator.update_state(out)
     return out
+
+
+class DivergenceMonitor:
+    """The first step whose loss is non-finite, found without a host synchronisation per step.
+
+    `record` copies each step's scalar loss into a buffer on the device (one tiny copy, no sync;
+    the former per-step check of loss and gradient norm cost 5-8% of a CPU step); `check` reads
+    the steps since the last check (one sync). The loop checks every CHECK_EVERY steps and before
+    every measurement. A non-finite gradient under a finite loss makes Adam's update, hence the
+    parameters and the next loss, non-finite, so the recorded step is exact for a non-finite loss
+    and at most one step late for a non-finite gradient. The steps between the first bad one and
+    its detection (fewer than CHECK_EVERY) are applied, as the device does not wait for the
+    check; the run then ends as diverged, and nothing is ever measured on those parameters.
+    """
+
+    def __init__(self, steps: int, device: torch.device) -> None:
+        self.losses = torch.zeros(steps + 1, device=device)
+        self.checked = 0
+
+    def record(self, step: int, loss: torch.Tensor) -> None:
+        self.losses[step] = loss.detach()
+
+    def check(self, step: int) -> int | None:
+        """The first step in (last check, `step`] with a non-finite loss, else None."""
+        bad = (~torch.isfinite(self.losses[self.checked + 1 : step + 1])).nonzero()
+        first = self.checked + 1 + int(bad[0]) if len(bad) else None
+        self.checked = step
+        return first
 
 
 def batches(
@@ -158,35 +186,14 @@ def negative_log_likelihood(
     return -torch.cat(log_px).mean().item()
 
 
-def measure_cost(
-    estimator: Estimator, data: Dataset, config: RunConfig, device: torch.device
-) -> dict[str, float]:
-    """Throughput of a whole optimiser step and seconds per gradient estimate, on a copy of the
-    estimator (so the timed steps do not train the measured run)."""
-    clone = copy.deepcopy(estimator)
-    optimizer = torch.optim.Adam(clone.parameters(), lr=config.learning_rate)
-    generator = measurement_generator(config, config.steps + 2, device)
-    x = binarize(data.train[: config.batch_size], generator)
-
-    def gradient() -> None:
-        out = clone(x, clone.sample_noise(x.shape[0], generator))
-        torch.autograd.grad(out.surrogate, [p for p in clone.parameters()], allow_unused=True)
-
-    step_seconds = median_seconds(
-        lambda: train_step(clone, optimizer, x, generator), device, config.timed_steps
-    )
-    grad_seconds = median_seconds(gradient, device, config.timed_steps)
-    return {"throughput": config.batch_size / step_seconds, "grad_seconds": grad_seconds}
-
-
 def run_configuration(
-    config: RunConfig,
-    data: Dataset,
-    device: torch.device,
-    runs: RunsFile,
-    on_step: StepCallback | None = None,
-) -> RunOutcome:
-    """Train `config` on `data`, appending every measurement to `runs` as it is made."""
+    config: RunConfig, data: Dataset, device: torch.device, on_step: StepCallback | None = None
+) -> RunResult:
+    """Train `config` on `data` and return every measurement, in order; writes nothing.
+
+    Training runs in segments between the steps where something is read (checkpoints, ELBO-only
+    steps, every CHECK_EVERY steps); `train_seconds` sums the segments' synchronised wall time.
+    """
     estimator = build_estimator(config, data.dim, device)
     estimator.model.check_input(data.train[:1].to(device))
     optimizer = torch.optim.Adam(estimator.parameters(), lr=config.learning_rate)
@@ -195,36 +202,38 @@ def run_configuration(
     stream = batches(data.train, config.batch_size, generator)
     checkpoints = set(config.checkpoints())
     elbo_only = set(config.elbo_only_checkpoints())
+    stops = sorted({*checkpoints, *elbo_only, *range(0, config.steps, CHECK_EVERY), config.steps})
+    monitor = DivergenceMonitor(config.steps, device)
     clock = Stopwatch(device)
-    record = lambda step, values: runs.append(config, device.type, step, values)  # noqa: E731
+    threads = {"threads": torch.get_num_threads()}
 
     last = measure_checkpoint(estimator, data, config, device, 0)
-    record(0, {**last, "train_seconds": 0.0})
-    for step in range(1, config.steps + 1):
+    rows: Measurements = [(0, {**last, "train_seconds": 0.0})]
+    for previous, stop in pairwise(stops):
         with clock:
-            out = train_step(estimator, optimizer, next(stream), generator, check_finite=True)
-        if out is None:
-            record(step, {DIVERGED: 1.0, COMPLETE: 1.0})
-            return RunOutcome(step, True, last["elbo_test"])
-        if on_step is not None:
-            on_step(step, out.elbo.mean().item())
-        if step in checkpoints:
-            last = measure_checkpoint(estimator, data, config, device, step)
-            record(step, {**last, "train_seconds": clock.seconds})
-        elif step in elbo_only:
-            elbo = test_elbo(estimator, data, config, device, step)
-            record(step, {"elbo_test": elbo, "train_seconds": clock.seconds})
+            for step in range(previous + 1, stop + 1):
+                out = train_step(estimator, optimizer, next(stream), generator)
+                monitor.record(step, out.surrogate)
+        bad = monitor.check(stop)
+        if bad is not None:
+            rows.append((bad, {DIVERGED: 1.0, **threads, COMPLETE: 1.0}))
+            return RunResult(rows, bad, diverged=True)
+        if on_step is not None and stop % CHECK_EVERY == 0:
+            on_step(stop, out.elbo.mean().item())
+        if stop in checkpoints:
+            last = measure_checkpoint(estimator, data, config, device, stop)
+            rows.append((stop, {**last, "train_seconds": clock.seconds}))
+        elif stop in elbo_only:
+            elbo = test_elbo(estimator, data, config, device, stop)
+            rows.append((stop, {"elbo_test": elbo, "train_seconds": clock.seconds}))
 
-    cost = measure_cost(estimator, data, config, device)
     final = {
         "nll_test": negative_log_likelihood(estimator, data, config, device),
         "nll_samples": config.nll_samples,
-        **cost,
-        "work_var_encoder": last["grad_var_encoder"] * cost["grad_seconds"],
-        "work_var_decoder": last["grad_var_decoder"] * cost["grad_seconds"],
         "grad_draws": config.grad_draws,
         **({"bias_draws": config.bias_draws} if estimator.bias_reference else {}),
         "grad_batched": float(grad_method(device) == "vmap"),
+        **threads,
     }
-    record(config.steps, {**final, COMPLETE: 1.0})
-    return RunOutcome(config.steps, False, last["elbo_test"])
+    rows.append((config.steps, {**final, COMPLETE: 1.0}))
+    return RunResult(rows, config.steps, diverged=False)

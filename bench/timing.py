@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import torch
+
+K = TypeVar("K")
 
 
 def synchronize(device: torch.device) -> None:
@@ -33,11 +36,29 @@ def time_calls(
     return seconds
 
 
-def median_seconds(
-    fn: Callable[[], object], device: torch.device, repeats: int = 20, warmup: int = 5
-) -> float:
-    """Median of `time_calls`: robust to the odd slow call on a shared machine."""
-    return statistics.median(time_calls(fn, device, repeats, warmup))
+def interleaved_medians(
+    fns: Mapping[K, Callable[[], object]],
+    device: torch.device,
+    repeats: int = 20,
+    rounds: int = 5,
+    warmup: int = 5,
+) -> dict[K, float]:
+    """Median seconds per call of each of `fns`, from `repeats` timed calls each (at least).
+
+    After `warmup` untimed calls of each, the timed calls are spread over `rounds` rounds, each
+    visiting every fn in turn (one untimed call to refill caches, then its share): a slow spell
+    of a shared machine then hits all of them alike, not only those timed during it.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    rounds = max(1, min(rounds, repeats))
+    per_round = -(-repeats // rounds)
+    seconds: dict[K, list[float]] = {key: [] for key in fns}
+    for _ in range(rounds):
+        for key, fn in fns.items():
+            seconds[key] += time_calls(fn, device, per_round, warmup=1)
+    return {key: statistics.median(values) for key, values in seconds.items()}
 
 
 class Stopwatch:

@@ -1,4 +1,5 @@
-"""The harness end to end: the quick suite's file contract, resume, divergence, bad arguments."""
+"""The harness end to end: the quick suite's file contract, resume, divergence, bad arguments,
+parallel runs equal to serial ones."""
 
 from __future__ import annotations
 
@@ -47,14 +48,26 @@ FINAL_METRICS = {
     "work_var_decoder",
     "grad_draws",
     "grad_batched",
+    "threads",
     "run_complete",
+    "cost_threads",
+    "cost_complete",
+}
+# Time-based metrics: all that may differ between two runs of the same command.
+TIMING_METRICS = {
+    "train_seconds",
+    "throughput",
+    "grad_seconds",
+    "work_var_encoder",
+    "work_var_decoder",
 }
 
 
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("quick")
-    assert main(["run", "--suite", "quick", "--device", "cpu", "--out", str(out)]) == 0
+    args = ["run", "--suite", "quick", "--device", "cpu", "--out", str(out), "--workers", "2"]
+    assert main(args) == 0
     return out
 
 
@@ -90,6 +103,20 @@ def test_quick_suite_writes_every_metric_for_every_configuration(quick_results):
         assert FINAL_METRICS <= by_step[checkpoints[-1]], key
 
 
+def test_parallel_runs_equal_serial_ones(quick_results, tmp_path):
+    """The quick suite trained two at a time in worker processes (one thread each) gives the same
+    rows, timings aside, as the same configurations one after another in this process."""
+    serial = ["run", "--suite", "quick", "--device", "cpu", "--out", str(tmp_path)]
+    assert main([*serial, "--estimators", "reparam", "--workers", "1"]) == 0
+    expected = rows_by_config(tmp_path / "runs.csv")
+    parallel = rows_by_config(quick_results / "runs.csv")
+    assert len(expected) == 2
+    for key, rows in expected.items():
+        untimed = [r for r in rows if r[METRIC] not in TIMING_METRICS]
+        assert [r for r in parallel[key] if r[METRIC] not in TIMING_METRICS] == untimed, key
+        assert ("200", "threads", "1.0") in {(r[STEP], r[METRIC], r[VALUE]) for r in rows}
+
+
 def test_quick_suite_records_the_environment(quick_results):
     record = json.loads((quick_results / "env.json").read_text())
     for field in (
@@ -107,6 +134,7 @@ def test_quick_suite_records_the_environment(quick_results):
     ):
         assert field in record
     assert record["suite"] == "quick" and record["device"] == "cpu"
+    assert (record["threads"], record["workers"]) == (1, 2)  # per run, as placed
     assert "--suite quick" in record["command"]
 
 
@@ -138,15 +166,18 @@ def test_resume_skips_finished_and_reruns_the_interrupted(tmp_path, capsys):
         str(tmp_path),
         "--estimators",
         "stl,reparam",
+        "--workers",
+        "1",
     ]
     assert main(args) == 0
     path = tmp_path / "runs.csv"
     rows = read_rows(path)
     configs = rows_by_config(path)
-    (first, first_rows), (second, _) = list(configs.items())[:2]
-    # Simulate a kill during the second configuration: half its rows and a torn last line.
+    (first, first_rows), (second, _), (third, third_rows) = configs.items()
+    # Simulate a kill during the second configuration's write (half its rows and a torn last
+    # line) and another during the cost pass (the third has trained but has no cost rows).
     kept = first_rows + [r for r in rows if r[:KEY] == second][:10]
-    kept += [r for r in rows if r[:KEY] not in (first, second)]
+    kept += [r for r in third_rows if not r[METRIC].startswith(("cost_", "throughput"))]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
@@ -155,12 +186,18 @@ def test_resume_skips_finished_and_reruns_the_interrupted(tmp_path, capsys):
     capsys.readouterr()
 
     assert main([*args, "--resume"]) == 0
-    assert "resuming: 2 finished configurations skipped" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "resuming: 2 finished configurations skipped" in err
+    assert "trained 1 configurations" in err and "timed 2 alone" in err
     record = json.loads((tmp_path / "env.json").read_text())
     assert "--resume" in record["command"] and "--resume" not in record["history"][0]["command"]
     after = rows_by_config(path)
     assert after[first] == first_rows  # untouched
-    assert sum(r[METRIC] == "run_complete" for r in after[second]) == 1
+    for key in (second, third):
+        assert sum(r[METRIC] == "run_complete" for r in after[key]) == 1
+        assert sum(r[METRIC] == "cost_complete" for r in after[key]) == 1
+    training = [r for r in after[third] if r[METRIC] not in TIMING_METRICS]
+    assert training == [r for r in third_rows if r[METRIC] not in TIMING_METRICS]
     assert len(after) == 3
 
 
@@ -203,6 +240,8 @@ def test_divergence_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch, cap
         str(tmp_path),
         "--estimators",
         "nan_test,stl",
+        "--workers",
+        "1",  # the test double is registered in this process only
     ]
     assert main(args) == 0
     assert "nan_test/analytic/K=1/seed=0: diverged at step 4" in capsys.readouterr().err
@@ -212,8 +251,9 @@ def test_divergence_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch, cap
         "diverged",
         "run_complete",
     }
+    assert not any(r[METRIC].startswith("cost_") for r in diverged)  # nothing to time
     stl = next(rows for key, rows in configs.items() if key[2] == "stl")
-    assert any(r[METRIC] == "nll_test" for r in stl)
+    assert {"nll_test", "cost_complete"} <= {r[METRIC] for r in stl}
 
 
 def test_runs_csv_from_before_the_beta_column_resumes_with_beta_1(tmp_path):
@@ -232,13 +272,13 @@ def test_runs_csv_from_before_the_beta_column_resumes_with_beta_1(tmp_path):
     ]
     with (tmp_path / "runs.csv").open("w", newline="") as handle:
         csv.writer(handle).writerows([old_columns, old_row])
-    runs, finished = RunsFile.open(tmp_path, resume=True, overwrite=False)
-    assert finished == {("mnist5k", "mlp500", "reparam", "analytic", "1", "1", "cpu", "0")}
+    runs, progress = RunsFile.open(tmp_path, resume=True, overwrite=False)
+    assert progress.trained == {("mnist5k", "mlp500", "reparam", "analytic", "1", "1", "cpu", "0")}
     assert read_rows(runs.path) == [(*old_row[:5], "1", *old_row[5:])]
     assert (tmp_path / "runs.csv").read_text().splitlines()[0] == ",".join(COLUMNS)
 
 
-def test_same_command_gives_the_same_numbers_on_cpu(tmp_path):
+def test_same_command_gives_the_same_numbers_on_cpu():
     config = RunConfig(
         steps=12,
         n_checkpoints=3,
@@ -246,23 +286,16 @@ def test_same_command_gives_the_same_numbers_on_cpu(tmp_path):
         eval_examples=50,
         nll_samples=10,
         nll_examples=20,
-        timed_steps=1,
         estimator="score_ma",
     )
     data = load_dataset("mnist5k")
-    values = []
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-        runs, _ = RunsFile.open(tmp_path / name, resume=False, overwrite=False)
-        run_configuration(config, data, torch.device("cpu"), runs)
-        timing = (
-            "train_seconds",
-            "throughput",
-            "grad_seconds",
-            "work_var_encoder",
-            "work_var_decoder",
-        )
-        values.append([r for r in read_rows(runs.path) if r[METRIC] not in timing])
+    values = [
+        [
+            (step, {m: v for m, v in measured.items() if m not in TIMING_METRICS})
+            for step, measured in run_configuration(config, data, torch.device("cpu")).measurements
+        ]
+        for _ in range(2)
+    ]
     assert values[0] == values[1]
 
 
@@ -272,6 +305,17 @@ def test_same_command_gives_the_same_numbers_on_cpu(tmp_path):
         (["--suite", "huge"], "unknown suite 'huge'; valid: quick, default, full"),
         (["--device", "tpu"], "unknown device 'tpu'; valid: auto, cpu, cuda"),
         (["--estimators", "reparam,nope"], "unknown estimator(s) ['nope']"),
+        *(
+            (["--workers", bad], f"--workers {bad!r} is invalid; valid: a positive integer or auto")
+            for bad in ("0", "-2", "1.5", "all")
+        ),
+        *(
+            (
+                ["--cpus-per-run", bad],
+                f"--cpus-per-run {bad!r} is invalid; valid: a positive integer",
+            )
+            for bad in ("0", "-1", "auto")
+        ),
     ],
 )
 def test_bad_arguments_get_one_line_and_status_2(tmp_path, capsys, extra, message):

@@ -1,0 +1,161 @@
+"""Where configurations train: inline in the driver or in a local process pool; one writer.
+
+The task (bench.runner.run_configuration) returns a configuration's rows and writes nothing. A
+backend runs tasks and yields each (configuration, result) as it finishes; `train` appends each
+result to runs.csv in one write, so the driver is the only writer and a kill leaves whole
+configurations. Every run is pinned to `threads` torch threads, so that the runs' threads add
+up to the cores they were given (oversubscription slows every run down). A remote backend (Ray)
+is one more class with the same `run`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from typing import Protocol
+
+import torch
+
+from bench.results import RunsFile
+from bench.runner import RunResult, StepCallback, run_configuration
+from bench.suites import RunConfig
+from vae_core.data import Dataset, load_dataset
+
+Finished = tuple[RunConfig, RunResult]
+
+
+def positive_int(text: str, flag: str, extra: str = "") -> int:
+    """`text` as an integer ≥ 1, else ValueError naming `flag` and what is valid."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{flag} {text!r} is invalid; valid: a positive integer{extra}")
+    return value
+
+
+def resolve_workers(text: str, cpus_per_run: int, device: torch.device) -> int:
+    """--workers: a positive integer, or 'auto' = the cores over --cpus-per-run on CPU (at least
+    1), and 1 on CUDA (one GPU; several processes would share it)."""
+    if text != "auto":
+        return positive_int(text, "--workers", " or auto")
+    if device.type == "cuda":
+        return 1
+    return max(1, (os.cpu_count() or 1) // cpus_per_run)
+
+
+def pin_threads(threads: int) -> None:
+    """torch's intra-op threads, and inter-op threads where torch still allows setting them
+    (only before a process's first inter-op work: a reused worker keeps its own)."""
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:
+        pass
+
+
+@contextmanager
+def pinned_threads(threads: int) -> Iterator[None]:
+    """The driver's torch threads pinned for a block, restored after it."""
+    previous = torch.get_num_threads()
+    pin_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def pinned_task(
+    config: RunConfig,
+    data: Dataset,
+    device: torch.device,
+    threads: int,
+    on_step: StepCallback | None = None,
+) -> RunResult:
+    """The task as every backend runs it: threads pinned again first, since a reused worker (or
+    the driver) keeps whatever the previous task left."""
+    pin_threads(threads)
+    return run_configuration(config, data, device, on_step)
+
+
+class Backend(Protocol):
+    def run(self, configs: Sequence[RunConfig]) -> Iterator[Finished]:
+        """Run every configuration; yield each with its result as it finishes."""
+        ...
+
+
+class InlineBackend:
+    """One configuration after another in the driver process (--workers 1), with a progress
+    callback per configuration."""
+
+    def __init__(
+        self,
+        data: Dataset,
+        device: torch.device,
+        threads: int,
+        progress: Callable[[RunConfig], StepCallback] | None = None,
+    ) -> None:
+        self.data, self.device, self.threads, self.progress = data, device, threads, progress
+
+    def run(self, configs: Sequence[RunConfig]) -> Iterator[Finished]:
+        for config in configs:
+            on_step = self.progress(config) if self.progress else None
+            yield config, pinned_task(config, self.data, self.device, self.threads, on_step)
+
+
+# A pool worker's state, set once by its initializer: the data set is loaded once per worker.
+_WORKER: dict[str, object] = {}
+
+
+def _init_worker(dataset: str, data_dir: str | None, device: str, threads: int) -> None:
+    pin_threads(threads)
+    _WORKER.update(
+        data=load_dataset(dataset, data_dir=data_dir),
+        device=torch.device(device),
+        threads=threads,
+    )
+
+
+def _worker_task(config: RunConfig) -> RunResult:
+    return pinned_task(config, _WORKER["data"], _WORKER["device"], _WORKER["threads"])
+
+
+class PoolBackend:
+    """`workers` spawned processes (spawn: safe with CUDA and threads), each loading the data
+    set `dataset` once; configurations finish in any order."""
+
+    def __init__(
+        self, dataset: str, data_dir: str | None, device: torch.device, workers: int, threads: int
+    ) -> None:
+        self.initargs = (dataset, data_dir, device.type, threads)
+        self.workers = workers
+
+    def run(self, configs: Sequence[RunConfig]) -> Iterator[Finished]:
+        if not configs:
+            return
+        with ProcessPoolExecutor(
+            max_workers=min(self.workers, len(configs)),
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=self.initargs,
+        ) as pool:
+            futures = {pool.submit(_worker_task, config): config for config in configs}
+            try:
+                for future in as_completed(futures):
+                    yield futures[future], future.result()
+            finally:
+                pool.shutdown(cancel_futures=True)
+
+
+def train(
+    configs: Sequence[RunConfig], backend: Backend, runs: RunsFile, device: torch.device
+) -> Iterator[Finished]:
+    """Run `configs` on `backend`, appending each finished configuration's rows in one write
+    (run_complete last) before yielding it."""
+    for config, result in backend.run(configs):
+        runs.append(config, device.type, result.measurements)
+        yield config, result
