@@ -131,17 +131,17 @@ def unbiased_trace_of_square(gram: torch.Tensor) -> torch.Tensor:
     return scale * ((n - 1) * (n - 2) * trace_square + trace**2 - n * fourth)
 
 
-def variance_standard_error(draws: torch.Tensor) -> float:
-    """Standard error of grad_var = tr S from its own R draws: the delete-one jackknife of
-    tr S = Σ_r a_r / (R−1), a_r = ‖ĝ_r − ḡ‖² (whole vectors, so correlated coordinates are
+def variance_standard_error(squared_deviations: torch.Tensor) -> float:
+    """Standard error of grad_var = tr S from its own R draws, given a_r = ‖ĝ_r − ḡ‖²: the
+    delete-one jackknife of tr S = Σ_r a_r / (R−1) (whole vectors, so correlated coordinates are
     accounted for). Leaving out draw r gives tr S₍₋ᵣ₎ = ((R−1) tr S − R a_r/(R−1)) / (R−2), so
 
         se² = R / ((R−1)(R−2)²) · Σ_r (a_r − ā)²   ≈ Var(‖ĝ − E ĝ‖²) / R."""
-    n = draws.shape[0]
+    a = squared_deviations.double()
+    n = len(a)
     if n < 3:
         raise ValueError(f"a jackknife standard error needs at least 3 draws, got {n}")
-    squares = (draws - draws.mean(0)).pow(2).sum(1, dtype=torch.float64)
-    return math.sqrt(n / ((n - 1) * (n - 2) ** 2) * (squares - squares.mean()).pow(2).sum().item())
+    return math.sqrt(n / ((n - 1) * (n - 2) ** 2) * (a - a.mean()).pow(2).sum().item())
 
 
 def snr_floor(n_draws: int) -> float:
@@ -158,7 +158,11 @@ def snr_floor(n_draws: int) -> float:
     )
 
 
-def snr_floor_sd(draws: torch.Tensor, sample_size: int = SNR_SAMPLE_COORDINATES) -> float:
+def snr_floor_sd(
+    draws: torch.Tensor,
+    columns: torch.Tensor | None = None,
+    sample_size: int = SNR_SAMPLE_COORDINATES,
+) -> float:
     """Standard deviation of the SNR statistic over the P informative coordinates when the true
     gradient is zero, from the draws' own correlations (coordinates share samples, so they are
     far from independent). With t_j = √R ḡ_j/s_j ≈ N(0, 1) and Cov(|t_j|, |t_k|) = c(ρ_jk),
@@ -167,15 +171,20 @@ def snr_floor_sd(draws: torch.Tensor, sample_size: int = SNR_SAMPLE_COORDINATES)
         Var(snr) = (1/(R P²)) Σ_jk c(ρ_jk) ≈ (1/R) [Var|t_ν| / P + (1 − 1/P) ρ²‾ / π],
 
     with ρ²‾ the mean squared correlation between distinct coordinates, estimated without bias
-    (unbiased_trace_of_square of the standardised draws) on a fixed random sample of
-    coordinates. Using ρ²/π for c(ρ) understates the sd by at most 7% (all |ρ| = 1)."""
-    n, n_coordinates = draws.shape
+    (unbiased_trace_of_square of the standardised draws) on a fixed random sample of the
+    coordinates `columns` (default: all). Using ρ²/π for c(ρ) understates the sd by at most 7%
+    (all |ρ| = 1)."""
+    n = draws.shape[0]
+    if columns is None:
+        columns = torch.arange(draws.shape[1], device=draws.device)
+    n_coordinates = len(columns)
     nu = n - 1
     var_abs_t = nu / (nu - 2) - (snr_floor(n) * math.sqrt(n)) ** 2
     if n_coordinates > sample_size:
         chooser = torch.Generator().manual_seed(0)
-        draws = draws[:, torch.randperm(n_coordinates, generator=chooser)[:sample_size]]
-    sample = draws.double()
+        chosen = torch.randperm(n_coordinates, generator=chooser)[:sample_size]
+        columns = columns[chosen.to(columns.device)]
+    sample = draws[:, columns].double()
     standardised = (sample - sample.mean(0)) / sample.std(0, unbiased=True)
     m = standardised.shape[1]
     mean_square_correlation = 0.0
@@ -191,11 +200,13 @@ def variance_statistics(draws: torch.Tensor) -> dict[str, float]:
     """grad_var and its standard error, grad_sqnorm, snr with its noise floor (see module
     docstring) of draws shaped (R, P)."""
     mean = draws.mean(0)
-    std = draws.std(0, unbiased=True)
+    squares = (draws - mean).square_()  # one pass serves the variance and its standard error
+    variance = squares.sum(0) / (len(draws) - 1)
+    std = variance.sqrt()
     informative = std > ROUNDING_SPREAD * torch.finfo(draws.dtype).eps * mean.abs()
     stats = {
-        "grad_var": draws.var(0, unbiased=True).sum().item(),
-        "grad_var_se": variance_standard_error(draws),
+        "grad_var": variance.sum().item(),
+        "grad_var_se": variance_standard_error(squares.sum(1, dtype=torch.float64)),
         "grad_sqnorm": mean.pow(2).sum().item(),
         "snr": float("nan"),
         "snr_floor": snr_floor(len(draws)),
@@ -203,7 +214,7 @@ def variance_statistics(draws: torch.Tensor) -> dict[str, float]:
     }
     if informative.any():
         stats["snr"] = (mean.abs()[informative] / std[informative]).mean().item()
-        stats["snr_floor_sd"] = snr_floor_sd(draws[:, informative])
+        stats["snr_floor_sd"] = snr_floor_sd(draws, informative.nonzero().squeeze(1))
     return stats
 
 
