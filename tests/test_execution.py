@@ -20,16 +20,10 @@ from bench.execution import pin_threads, resolve_workers
 from bench.results import COLUMNS, KEY_COLUMNS, read_rows
 from bench.runner import DivergenceMonitor
 from bench.timing import interleaved_medians
+from tests.test_harness import TIMING_METRICS
 
 KEY = len(KEY_COLUMNS)
 METRIC = COLUMNS.index("metric")
-TIMING_METRICS = {
-    "train_seconds",
-    "throughput",
-    "grad_seconds",
-    "work_var_encoder",
-    "work_var_decoder",
-}
 ROOT = Path(__file__).parent.parent
 # Three configurations of 200 steps: with two workers the third starts when one has finished.
 RUN = ["run", "--suite", "quick", "--device", "cpu", "--estimators", "reparam,stl"]
