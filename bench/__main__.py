@@ -23,7 +23,7 @@ class UsageError(Exception):
     """Bad arguments: reported as one line, exit status 2, before any training."""
 
 
-# Two 1-thread runs side by side: 20-21k examples/s in total, one 2-thread run 12-16k (README).
+# auto: 1-thread runs side by side beat one multi-thread run per core pair (measured: README).
 DEFAULT_WORKERS = "auto"
 
 

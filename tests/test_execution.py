@@ -17,13 +17,11 @@ import torch
 import bench.cost
 from bench.__main__ import main
 from bench.execution import pin_threads, resolve_workers
-from bench.results import COLUMNS, KEY_COLUMNS, read_rows
+from bench.results import KEY, METRIC, read_rows
 from bench.runner import DivergenceMonitor
 from bench.timing import interleaved_medians
 from tests.test_harness import TIMING_METRICS
 
-KEY = len(KEY_COLUMNS)
-METRIC = COLUMNS.index("metric")
 ROOT = Path(__file__).parent.parent
 # Three configurations of 200 steps: with two workers the third starts when one has finished.
 RUN = ["run", "--suite", "quick", "--device", "cpu", "--estimators", "reparam,stl"]

@@ -12,15 +12,13 @@ import pytest
 import torch
 
 from bench.__main__ import main
-from bench.results import COLUMNS, KEY_COLUMNS, RunsFile, read_rows
+from bench.results import COLUMNS, KEY, METRIC, STEP, VALUE, RunsFile, read_rows
 from bench.runner import bias_reference, build_estimator, run_configuration
 from bench.suites import RunConfig, get_suite
 from vae_core.data import load_dataset
 from vae_core.estimators import REGISTRY, EstimatorOutput
 from vae_core.estimators.pathwise import Reparam
 
-KEY = len(KEY_COLUMNS)
-STEP, METRIC, VALUE = (COLUMNS.index(c) for c in ("step", "metric", "value"))
 MODEL_OF = {"gaussian": "mlp500", "bernoulli": "linear200"}
 
 CHECKPOINT_METRICS = {

@@ -225,9 +225,9 @@ class BiasAccumulator:
     def __init__(self, draws: torch.Tensor) -> None:
         if draws.shape[0] < 4:
             raise ValueError(f"the bias needs at least 4 estimator draws, got {draws.shape[0]}")
-        self.draws = draws.double()
-        self.mean = self.draws.mean(0)
-        self.centred = self.draws - self.mean
+        draws = draws.double()
+        self.mean = draws.mean(0)
+        self.centred = draws - self.mean  # the only copy of the draws kept
         self.reference_mean = torch.zeros_like(self.mean)
         self.reference_count = 0
         self.reference_squares = 0.0  # Σ_r ‖h_r − h̄‖² over the chunks so far
@@ -244,7 +244,7 @@ class BiasAccumulator:
         centred = chunk - chunk_mean
         gram = centred @ centred.T
         self.trace_squares.append(unbiased_trace_of_square(gram).item())
-        n = self.draws.shape[0]
+        n = self.centred.shape[0]
         self.cross.append((self.centred @ centred.T).pow(2).sum().item() / ((n - 1) * (size - 1)))
         count = self.reference_count
         if count:
@@ -281,7 +281,7 @@ class BiasAccumulator:
         n_chunks = len(self.cross)
         if n_chunks < 2:
             raise ValueError(f"the bias needs at least 2 reference chunks, got {n_chunks}")
-        n, n_ref = self.draws.shape[0], self.reference_count
+        n, n_ref = self.centred.shape[0], self.reference_count
         trace_g = self.centred.pow(2).sum().item() / (n - 1)
         trace_h = self.reference_squares / (n_ref - 1)
         bias = (self.mean - self.reference_mean).pow(2).sum().item() - trace_g / n - trace_h / n_ref
@@ -295,9 +295,9 @@ class BiasAccumulator:
             for w, (form, before) in zip(weights, self.forms, strict=True)
         ) / sum(weights)
         form_g = 0.0
-        halves = (self.draws[: n // 2], self.draws[n // 2 :])
+        halves = (self.centred[: n // 2], self.centred[n // 2 :])
         for scatter, other in (halves, halves[::-1]):
-            d = other.mean(0) - self.reference_mean
+            d = self.mean + other.mean(0) - self.reference_mean
             form = ((scatter - scatter.mean(0)) @ d).pow(2).sum().item() / (len(scatter) - 1)
             form_g += (form - trace_square_g / len(other) - cross / n_ref) / 2
         variance = (
