@@ -7,6 +7,10 @@ PY     := $(VENV)/bin/python
 TORCH          ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 STAMP  := $(VENV)/.installed
+# The optional Ray extra (--backend ray): installed by `make install-ray`, `make test` and
+# `make bench BACKEND=ray`; the local path never imports it.
+RAY       ?= ray==2.60.0
+RAY_STAMP := $(VENV)/.installed-ray
 
 OUT    ?= results
 DEVICE ?= auto
@@ -16,10 +20,17 @@ SUITE  ?= default
 # two 1-thread runs side by side train faster in total than one 2-thread run (README).
 WORKERS      ?= auto
 CPUS_PER_RUN ?= 1
+# BACKEND=ray runs each configuration as a Ray task: on a new local Ray instance, or on the
+# cluster at RAY_ADDRESS (auto or HOST:PORT), with GPUS_PER_RUN GPUs each (README).
+BACKEND      ?= local
+RAY_ADDRESS  ?=
+GPUS_PER_RUN ?= 0
 
-.PHONY: install test bench plots lint clean bench-baseline bench-check
+.PHONY: install install-ray test bench plots lint clean bench-baseline bench-check
 
 install: $(STAMP)
+
+install-ray: $(RAY_STAMP)
 
 # Re-runs only when the pins change; a second `make install` installs nothing.
 $(STAMP): pyproject.toml requirements.txt
@@ -29,16 +40,23 @@ $(STAMP): pyproject.toml requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# Benchmark bodies (tests/benchmarks) run once each as plain tests, untimed.
-test: $(STAMP)
+$(RAY_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(RAY)"
+	touch $(RAY_STAMP)
+
+# Benchmark bodies (tests/benchmarks) run once each as plain tests, untimed. The Ray tests need
+# the extra, so it is installed here: none of them is skipped.
+test: $(STAMP) $(RAY_STAMP)
 	$(PY) -m pytest -q --benchmark-disable
 
 # The main job: train every configuration of $(SUITE) ($(WORKERS) at a time, $(CPUS_PER_RUN) torch
 # threads each), time each alone afterwards (the cost pass), then draw the report.
 # Starts afresh (replacing $(OUT)/runs.csv); `make bench RESUME=1` continues a killed run instead.
-bench: $(STAMP)
+bench: $(STAMP) $(if $(filter ray,$(BACKEND)),$(RAY_STAMP))
 	$(PY) -m bench run --suite $(SUITE) --device $(DEVICE) --out $(OUT) \
-		--workers $(WORKERS) --cpus-per-run $(CPUS_PER_RUN) $(if $(RESUME),--resume,--overwrite)
+		--workers $(WORKERS) --cpus-per-run $(CPUS_PER_RUN) --backend $(BACKEND) \
+		$(if $(RAY_ADDRESS),--address $(RAY_ADDRESS)) --gpus-per-run $(GPUS_PER_RUN) \
+		$(if $(RESUME),--resume,--overwrite)
 	$(PY) -m bench report --out $(OUT)
 
 # Tables and plots from the stored $(OUT)/runs.csv, without training.

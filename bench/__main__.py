@@ -65,6 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
         f"auto = cores / --cpus-per-run (1 on CUDA) (default {DEFAULT_WORKERS})",
     )
     run.add_argument("--cpus-per-run", default="1", help="torch threads of each run (default 1)")
+    run.add_argument(
+        "--backend",
+        default="local",
+        choices=("local", "ray"),
+        help="local: this machine's processes (default); ray: Ray tasks (needs the ray extra)",
+    )
+    run.add_argument(
+        "--address",
+        default=None,
+        help="with --backend ray: the cluster, 'auto' or HOST:PORT (default: start a local Ray"
+        " instance on this machine's cores)",
+    )
+    run.add_argument(
+        "--gpus-per-run",
+        default="0",
+        help="with --backend ray: GPUs per run, fractions pack runs on a card (default 0: CPU)",
+    )
     run.set_defaults(handler=cmd_run)
 
     report = commands.add_parser("report", help="summary.md and plots from runs.csv")
@@ -170,26 +187,80 @@ def resolve_placement(args: argparse.Namespace, device: torch.device) -> tuple[i
         raise UsageError(str(err)) from err
 
 
+def resolve_gpus_per_run(args: argparse.Namespace) -> float:
+    """--gpus-per-run: a number ≥ 0, and only with --backend ray."""
+    try:
+        gpus = float(args.gpus_per_run)
+    except ValueError:
+        gpus = -1.0
+    if not 0 <= gpus < float("inf"):
+        raise UsageError(
+            f"--gpus-per-run {args.gpus_per_run!r} is invalid; valid: a number >= 0 (e.g. 0.25)"
+        )
+    if args.backend != "ray" and (gpus or args.address):
+        flag = "--gpus-per-run" if gpus else "--address"
+        raise UsageError(f"{flag} needs --backend ray (the local backend uses --device)")
+    return gpus
+
+
+def resolve_ray_device(name: str, gpus_per_run: float) -> torch.device:
+    """Ray runs use CUDA exactly when they hold GPUs: the driver may have none itself."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"unknown device {name!r}; valid: auto, cpu, cuda")
+    if name == "cuda" and not gpus_per_run:
+        raise UsageError("--device cuda with --backend ray needs --gpus-per-run > 0")
+    if name == "cpu" and gpus_per_run:
+        raise UsageError("--device cpu contradicts --gpus-per-run > 0")
+    return torch.device("cuda" if gpus_per_run else "cpu")
+
+
+def make_backend(args, data, device, workers, threads, gpus, progress):
+    """The local backend (inline for one worker, else a process pool) or a connected Ray one;
+    a Ray cluster that cannot meet one run's request is a UsageError before anything runs."""
+    from bench.execution import InlineBackend, PoolBackend
+
+    if args.backend == "local":
+        if workers == 1:
+            return InlineBackend(data, device, threads, progress)
+        return PoolBackend(data, args.data_dir, device, workers, threads)
+    try:
+        from bench import ray_backend
+    except ImportError as err:
+        raise UsageError(
+            "--backend ray needs the ray extra: make install-ray (or pip install ray==2.60.0)"
+        ) from err
+    try:
+        cpus = workers * threads if args.address is None else 0
+        resources = ray_backend.connect(args.address, cpus)
+        ray_backend.check_resources(threads, gpus)
+    except ray_backend.ClusterError as err:
+        ray_backend.disconnect()
+        raise UsageError(str(err)) from err
+    args.cluster = {name: resources.get(name, 0.0) for name in ("CPU", "GPU")}
+    in_flight = None if args.address is not None and args.workers == "auto" else workers
+    return ray_backend.RayBackend(data, args.data_dir, device, threads, gpus, in_flight)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from bench.cost import cost_pass
-    from bench.execution import InlineBackend, PoolBackend, pinned_threads, train
+    from bench.execution import pinned_threads, train
     from bench.results import ResultsExistError, RunsFile, row_key
     from bench.runner import StepCallback
 
-    device = resolve_device(args.device)
+    gpus = resolve_gpus_per_run(args)
+    if args.backend == "ray":
+        device = resolve_ray_device(args.device, gpus)
+    else:
+        device = resolve_device(args.device)
     workers, threads = resolve_placement(args, device)
     check_writable(args.out)
     suite, data = select_suite(args)
     try:
-        runs, done = RunsFile.open(args.out, resume=args.resume, overwrite=args.overwrite)
+        _, done = RunsFile.check(args.out, resume=args.resume, overwrite=args.overwrite)
     except (ResultsExistError, ValueError) as err:
         raise UsageError(str(err)) from err
-    record = environment_record(device, suite.name, args.argv)
-    record.update(threads=threads, workers=workers)  # each run's torch threads, not the driver's
-    write_environment(args.out / "env.json", record, keep_history=args.resume)
-
     todo = [c for c in suite.runs if row_key(c, device.type) not in done.trained]
     if len(todo) < len(suite.runs):
         print(
@@ -204,22 +275,36 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             return on_step
 
-        if workers == 1:
-            backend = InlineBackend(data, device, threads, progress)
-        else:
-            backend = PoolBackend(suite.runs[0].dataset, args.data_dir, device, workers, threads)
-        with pinned_threads(threads):
-            for config, result in train(todo, backend, runs, device):
-                suite_bar.update(1)
-                if result.diverged:
-                    suite_bar.write(
-                        f"{config.label()}: diverged at step {result.steps_done}", file=sys.stderr
-                    )
-            suite_bar.set_description(f"suite {suite.name}: cost pass")
-            costed = cost_pass(suite.runs, data, device, runs)
+        # Connected (and a Ray cluster checked) before runs.csv is touched: a refusal loses nothing.
+        backend = make_backend(args, data, device, workers, threads, gpus, progress)
+        try:
+            runs, _ = RunsFile.open(args.out, resume=args.resume, overwrite=args.overwrite)
+            record = environment_record(device, suite.name, args.argv)
+            # Each run's torch threads, not the driver's; on Ray, the cluster's resources.
+            record.update(threads=threads, workers=workers, backend=args.backend)
+            if args.backend == "ray":
+                record.update(ray_address=args.address or "local", cluster=args.cluster)
+            write_environment(args.out / "env.json", record, keep_history=args.resume)
+            with pinned_threads(threads):
+                for finished in train(todo, backend, runs, device):
+                    suite_bar.update(1)
+                    if finished.result.diverged:
+                        suite_bar.write(
+                            f"{finished.config.label()}: diverged at step "
+                            f"{finished.result.steps_done}",
+                            file=sys.stderr,
+                        )
+                suite_bar.set_description(f"suite {suite.name}: cost pass")
+                costed = cost_pass(suite.runs, backend, device, runs)
+        finally:
+            if args.backend == "ray":
+                from bench.ray_backend import disconnect
+
+                disconnect()
     print(
-        f"trained {len(todo)} configurations ({workers} at a time, {threads} thread(s) each), "
-        f"timed {len(costed)} alone; wrote {runs.path} and {args.out / 'env.json'}",
+        f"trained {len(todo)} configurations ({workers} at a time, {threads} thread(s) each, "
+        f"{args.backend}), timed {len(costed)} alone; wrote {runs.path} and "
+        f"{args.out / 'env.json'}",
         file=sys.stderr,
     )
     return 0

@@ -1,17 +1,19 @@
 """The exclusive cost pass: throughput and seconds per gradient, timed after all training.
 
 Runs sharing a machine distort each other's timings, so no step is timed during training. After
-a command's training the driver measures, in its own process with nothing else running, one
-estimator per configuration that differs in cost: seeds share it, and since cost does not depend
-on parameter values each estimator is built fresh from its configuration. Timing rounds are
-interleaved across the configurations (bench.timing.interleaved_medians), so machine noise hits
-them alike. Each configuration's rows go at its final step, `cost_complete` last.
+a command's training, one process with nothing else of the suite running (the driver, or one Ray
+task on a node of the cluster) measures one estimator per configuration that differs in cost:
+seeds share it, and since cost does not depend on parameter values each estimator is built fresh
+from its configuration. Timing rounds are interleaved across the configurations
+(bench.timing.interleaved_medians), so machine noise hits them alike. Each configuration's rows
+go at its final step, `cost_complete` last.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -28,6 +30,11 @@ from bench.runner import build_estimator, measurement_generator, train_step
 from bench.suites import RunConfig
 from bench.timing import interleaved_medians
 from vae_core.data import Dataset, binarize
+
+if TYPE_CHECKING:
+    from bench.execution import Backend
+
+Costs = dict[RunConfig, tuple[float, float]]  # cost group -> (s per step, s per gradient)
 
 
 def cost_group(config: RunConfig) -> RunConfig:
@@ -52,9 +59,7 @@ def timed_calls(
     return (lambda: train_step(estimator, optimizer, x, generator)), gradient
 
 
-def measure_costs(
-    configs: Iterable[RunConfig], data: Dataset, device: torch.device
-) -> dict[RunConfig, tuple[float, float]]:
+def measure_costs(configs: Iterable[RunConfig], data: Dataset, device: torch.device) -> Costs:
     """(seconds per optimiser step, seconds per gradient) of each configuration's cost group."""
     groups: dict[RunConfig, RunConfig] = {}
     for config in configs:
@@ -89,21 +94,25 @@ def cost_measurements(
 
 
 def cost_pass(
-    configs: Iterable[RunConfig], data: Dataset, device: torch.device, runs: RunsFile
-) -> list[RunConfig]:
+    configs: Iterable[RunConfig], backend: Backend, device: torch.device, runs: RunsFile
+) -> Sequence[RunConfig]:
     """Time every configuration of `configs` that runs.csv shows trained, not diverged and not
-    yet costed (on --resume, also those of earlier commands), in this process at its current
-    torch threads, and append each one's cost rows in one write; returns those configurations.
-    """
+    yet costed (on --resume, also those of earlier commands) in one exclusive pass on `backend`,
+    and append each one's cost rows in one write (with where they were timed); returns those
+    configurations."""
     rows = read_rows(runs.path)
     progress = Progress.of(rows)
     pending = [c for c in configs if progress.needs_cost(row_key(c, device.type))]
-    costs = measure_costs(pending, data, device)
+    if not pending:
+        return pending
+    costs, placement = backend.measure_costs(pending)
     finals = final_values(rows, (row_key(c, device.type) for c in pending))
-    threads = torch.get_num_threads()
     for config in pending:
         step_seconds, grad_seconds = costs[cost_group(config)]
         final = finals[row_key(config, device.type)]
-        measurements = cost_measurements(config, step_seconds, grad_seconds, final, threads)
+        measurements = cost_measurements(
+            config, step_seconds, grad_seconds, final, placement.threads
+        )
+        runs.place(config, device.type, "cost", placement)
         runs.append(config, device.type, measurements)
     return pending

@@ -1,30 +1,52 @@
 """Where configurations train: inline in the driver or in a local process pool; one writer.
 
 The task (bench.runner.run_configuration) returns a configuration's rows and writes nothing. A
-backend runs tasks and yields each (configuration, result) as it finishes; `train` appends each
-result to runs.csv in one write, so the driver is the only writer and a kill leaves whole
-configurations. Every run is pinned to `threads` torch threads, so that the runs' threads add
-up to the cores they were given (oversubscription slows every run down). A remote backend (Ray)
-is one more class with the same `run`.
+backend runs tasks and yields each (configuration, result, placement) as it finishes; `train`
+appends each result to runs.csv in one write, so the driver is the only writer and a kill leaves
+whole configurations. Every run is pinned to `threads` torch threads, so that the runs' threads
+add up to the cores they were given (oversubscription slows every run down). A backend also runs
+the exclusive cost pass (bench.cost), where its runs trained. The Ray backend
+(bench.ray_backend) is one more class with the same two methods.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
-from bench.results import RunsFile
+from bench.cost import Costs, measure_costs
+from bench.results import Placement, RunsFile
 from bench.runner import RunResult, StepCallback, run_configuration
 from bench.suites import RunConfig
 from vae_core.data import Dataset, load_dataset
 
-Finished = tuple[RunConfig, RunResult]
+
+def placement_here(backend: str, device: torch.device, gpu_ids: str | None = None) -> Placement:
+    """Where the calling process runs: host, process id, torch threads and, on CUDA, the GPU ids
+    (CUDA_VISIBLE_DEVICES when set, else the device index)."""
+    if gpu_ids is None:
+        gpu_ids = ""
+        if device.type == "cuda":
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            gpu_ids = visible if visible else str(torch.cuda.current_device())
+    return Placement(backend, socket.gethostname(), os.getpid(), torch.get_num_threads(), gpu_ids)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A configuration, its result and where it ran."""
+
+    config: RunConfig
+    result: RunResult
+    placement: Placement
 
 
 def positive_int(text: str, flag: str, extra: str = "") -> int:
@@ -87,8 +109,27 @@ class Backend(Protocol):
         """Run every configuration; yield each with its result as it finishes."""
         ...
 
+    def measure_costs(self, configs: Sequence[RunConfig]) -> tuple[Costs, Placement]:
+        """bench.cost.measure_costs of `configs` in one process with nothing else of the suite
+        running, after all training; and where it ran."""
+        ...
 
-class InlineBackend:
+
+class DriverCosts:
+    """The cost pass in the driver process, pinned to the runs' threads (local backends)."""
+
+    backend = "local"
+    data: Dataset
+    device: torch.device
+    threads: int
+
+    def measure_costs(self, configs: Sequence[RunConfig]) -> tuple[Costs, Placement]:
+        with pinned_threads(self.threads):
+            costs = measure_costs(configs, self.data, self.device)
+            return costs, placement_here(self.backend, self.device)
+
+
+class InlineBackend(DriverCosts):
     """One configuration after another in the driver process (--workers 1), with a progress
     callback per configuration."""
 
@@ -104,7 +145,8 @@ class InlineBackend:
     def run(self, configs: Sequence[RunConfig]) -> Iterator[Finished]:
         for config in configs:
             on_step = self.progress(config) if self.progress else None
-            yield config, pinned_task(config, self.data, self.device, self.threads, on_step)
+            result = pinned_task(config, self.data, self.device, self.threads, on_step)
+            yield Finished(config, result, placement_here(self.backend, self.device))
 
 
 # A pool worker's state, set once by its initializer: the data set is loaded once per worker.
@@ -120,19 +162,27 @@ def _init_worker(dataset: str, data_dir: str | None, device: str, threads: int) 
     )
 
 
-def _worker_task(config: RunConfig) -> RunResult:
-    return pinned_task(config, _WORKER["data"], _WORKER["device"], _WORKER["threads"])
+def _worker_task(config: RunConfig) -> tuple[RunResult, Placement]:
+    device = _WORKER["device"]
+    result = pinned_task(config, _WORKER["data"], device, _WORKER["threads"])
+    return result, placement_here(PoolBackend.backend, device)
 
 
-class PoolBackend:
+class PoolBackend(DriverCosts):
     """`workers` spawned processes (spawn: safe with CUDA and threads), each loading the data
-    set `dataset` once; configurations finish in any order."""
+    set `dataset` once; configurations finish in any order. The driver holds the data set too,
+    for the cost pass."""
 
     def __init__(
-        self, dataset: str, data_dir: str | None, device: torch.device, workers: int, threads: int
+        self,
+        data: Dataset,
+        data_dir: str | None,
+        device: torch.device,
+        workers: int,
+        threads: int,
     ) -> None:
-        self.initargs = (dataset, data_dir, device.type, threads)
-        self.workers = workers
+        self.data, self.device, self.threads, self.workers = data, device, threads, workers
+        self.initargs = (data.name, data_dir, device.type, threads)
 
     def run(self, configs: Sequence[RunConfig]) -> Iterator[Finished]:
         if not configs:
@@ -146,7 +196,7 @@ class PoolBackend:
             futures = {pool.submit(_worker_task, config): config for config in configs}
             try:
                 for future in as_completed(futures):
-                    yield futures[future], future.result()
+                    yield Finished(futures[future], *future.result())
             finally:
                 pool.shutdown(cancel_futures=True)
 
@@ -154,8 +204,9 @@ class PoolBackend:
 def train(
     configs: Sequence[RunConfig], backend: Backend, runs: RunsFile, device: torch.device
 ) -> Iterator[Finished]:
-    """Run `configs` on `backend`, appending each finished configuration's rows in one write
+    """Run `configs` on `backend`, recording where each ran and appending its rows in one write
     (run_complete last) before yielding it."""
-    for config, result in backend.run(configs):
-        runs.append(config, device.type, result.measurements)
-        yield config, result
+    for finished in backend.run(configs):
+        runs.place(finished.config, device.type, "train", finished.placement)
+        runs.append(finished.config, device.type, finished.result.measurements)
+        yield finished

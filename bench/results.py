@@ -7,6 +7,11 @@ fsynced, its completion marker last. A configuration is trained when it has a `r
 and costed when it has a `cost_complete` row (the exclusive cost pass, bench.cost). On resume the
 rows of untrained configurations (a kill mid-write) and the cost rows of uncosted ones are dropped,
 so those configurations run again.
+
+placements.csv, beside it, says where each configuration trained and where it was timed: its key
+columns, `phase` (train or cost), `backend`, `host`, `process`, `threads` and `gpus` (GPU ids, empty
+on CPU). A configuration that ran again after a kill has several lines per phase; the last
+counts.
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ COST_METRICS = frozenset(
     }
 )
 
+PLACEMENT_COLUMNS = (*KEY_COLUMNS, "phase", "backend", "host", "process", "threads", "gpus")
+
 RowKey = tuple[str, ...]
 Measurements = list[tuple[int, dict[str, float]]]  # (step, {metric: value}) in the order taken
 
@@ -64,6 +71,17 @@ def row_key(config: RunConfig, device: str) -> RowKey:
 
 class ResultsExistError(FileExistsError):
     pass
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a task ran: backend, host name, process id, torch threads, GPU ids ('' on CPU)."""
+
+    backend: str
+    host: str
+    process: int
+    threads: int
+    gpus: str
 
 
 @dataclass(frozen=True)
@@ -90,13 +108,14 @@ class RunsFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.placements = path.with_name("placements.csv")
 
-    @classmethod
-    def open(cls, out_dir: Path, resume: bool, overwrite: bool) -> tuple[RunsFile, Progress]:
-        """Prepare DIR/runs.csv; returns the writer and what is already done.
-
-        Without `resume` or `overwrite`, an existing non-empty runs.csv is an error: nothing is
-        ever lost silently.
+    @staticmethod
+    def check(
+        out_dir: Path, resume: bool, overwrite: bool
+    ) -> tuple[list[tuple[str, ...]], Progress]:
+        """What DIR/runs.csv holds (rows to keep, progress), writing nothing. Without `resume` or
+        `overwrite`, an existing non-empty runs.csv is an error: nothing is ever lost silently.
         """
         path = out_dir / "runs.csv"
         rows = read_rows(path) if path.exists() else []
@@ -114,6 +133,14 @@ class RunsFile:
             if r[:KEY] in progress.trained
             and (r[METRIC] not in COST_METRICS or r[:KEY] in progress.costed)
         ]
+        return kept, progress
+
+    @classmethod
+    def open(cls, out_dir: Path, resume: bool, overwrite: bool) -> tuple[RunsFile, Progress]:
+        """Prepare DIR/runs.csv (as `check`, then rewritten with the rows kept); returns the
+        writer and what is already done."""
+        kept, progress = cls.check(out_dir, resume, overwrite)
+        path = out_dir / "runs.csv"
         tmp = path.with_suffix(".csv.tmp")
         with tmp.open("w", newline="") as handle:
             writer = csv.writer(handle)
@@ -122,7 +149,19 @@ class RunsFile:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-        return cls(path), progress
+        runs = cls(path)
+        if overwrite or not runs.placements.exists():
+            runs.placements.write_text(",".join(PLACEMENT_COLUMNS) + "\n")
+        return runs, progress
+
+    def place(self, config: RunConfig, device: str, phase: str, placement: Placement) -> None:
+        """One line of placements.csv: where `config` ran its `phase` (train or cost)."""
+        p = placement
+        line = (*row_key(config, device), phase, p.backend, p.host, p.process, p.threads, p.gpus)
+        buffer = io.StringIO()
+        csv.writer(buffer).writerow(line)
+        with self.placements.open("a", newline="") as handle:
+            handle.write(buffer.getvalue())
 
     def append(self, config: RunConfig, device: str, measurements: Measurements) -> None:
         """All of one configuration's rows in one write, flushed and fsynced: a kill leaves the

@@ -14,28 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import bench.cost
+import bench.execution
 from bench.__main__ import main
 from bench.execution import pin_threads, resolve_workers
 from bench.results import KEY, METRIC, read_rows
 from bench.runner import DivergenceMonitor
 from bench.timing import interleaved_medians
-from tests.test_harness import TIMING_METRICS
-
-ROOT = Path(__file__).parent.parent
-# Three configurations of 200 steps: with two workers the third starts when one has finished.
-RUN = ["run", "--suite", "quick", "--device", "cpu", "--estimators", "reparam,stl"]
-
-
-def untimed(path: Path) -> list[tuple[str, ...]]:
-    return sorted(r for r in read_rows(path) if r[METRIC] not in TIMING_METRICS)
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("serial")
-    assert main([*RUN, "--out", str(out), "--workers", "1"]) == 0
-    return out
+from tests.conftest import ROOT, RUN, untimed
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +47,14 @@ def killed_and_resumed(tmp_path_factory) -> tuple[Path, list[int], list[str]]:
     before = [r[METRIC] for r in read_rows(runs)]
 
     children_at_cost: list[int] = []
-    measure_costs = bench.cost.measure_costs
+    measure_costs = bench.execution.measure_costs
 
     def spy(*args, **kwargs):
         children_at_cost.append(len(multiprocessing.active_children()))
         return measure_costs(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(bench.cost, "measure_costs", spy)
+        patch.setattr(bench.execution, "measure_costs", spy)
         assert main([*RUN, "--out", str(out), "--workers", "2", "--resume"]) == 0
     return out, children_at_cost, before
 

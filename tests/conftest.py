@@ -1,0 +1,28 @@
+"""Shared by the execution tests: a small suite command and its rows run serially."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import main
+from bench.results import METRIC, read_rows
+from tests.test_harness import TIMING_METRICS
+
+ROOT = Path(__file__).parent.parent
+# Three configurations of 200 steps: with two workers the third starts when one has finished.
+RUN = ["run", "--suite", "quick", "--device", "cpu", "--estimators", "reparam,stl"]
+
+
+def untimed(path: Path) -> list[tuple[str, ...]]:
+    """runs.csv's rows but the timings, sorted: what must not depend on where runs ran."""
+    return sorted(r for r in read_rows(path) if r[METRIC] not in TIMING_METRICS)
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory) -> Path:
+    """RUN serially in this process, one configuration after another."""
+    out = tmp_path_factory.mktemp("serial")
+    assert main([*RUN, "--out", str(out), "--workers", "1"]) == 0
+    return out

@@ -1,0 +1,133 @@
+"""The Ray backend gives the local rows, on a local Ray instance and on a cluster started with
+`ray start --head` (joined with --address auto); a GPU request no node can meet exits 2 at once,
+losing nothing. Every Ray process a test starts is ended by process group id (some Ray agents
+ignore SIGTERM, so SIGKILL)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.results import PLACEMENT_COLUMNS, read_rows
+from tests.conftest import ROOT, RUN, untimed
+
+RAY = Path(sys.executable).parent / "ray"
+START_TIMEOUT = 120  # seconds for `ray start --head` to report the runtime started
+
+
+def run_bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """`python -m bench *args` in its own session, which is killed afterwards by its id: a local
+    Ray instance's processes are the driver's descendants in that session."""
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "bench", *args],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        stdout, stderr = driver.communicate(timeout=timeout)
+    finally:
+        kill_session(driver.pid)
+    return subprocess.CompletedProcess(driver.args, driver.returncode, stdout, stderr)
+
+
+def kill_session(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def head_node() -> Iterator[int]:
+    """A one-node cluster of 2 CPUs from `ray start --head --block`, in its own session; yields
+    the session's id and kills it (head, GCS, raylet, agents, workers) afterwards."""
+    head = subprocess.Popen(
+        [str(RAY), "start", "--head", "--block", "--num-cpus", "2", "--port", str(free_port())]
+        + ["--include-dashboard=false", "--disable-usage-stats"],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        for line in head.stdout:
+            if "Ray runtime started" in line:
+                break
+            assert time.monotonic() < deadline, "ray start --head did not start in time"
+        else:
+            pytest.fail("ray start --head ended before the runtime started")
+        yield head.pid
+    finally:
+        kill_session(head.pid)
+        head.wait()
+
+
+def test_a_local_ray_instance_gives_the_local_rows(tmp_path, uninterrupted):
+    out = tmp_path / "ray"
+    done = run_bench(*RUN, "--out", str(out), "--backend", "ray", "--workers", "2")
+    assert done.returncode == 0, done.stderr
+    assert untimed(out / "runs.csv") == untimed(uninterrupted / "runs.csv")
+    with (out / "placements.csv").open() as handle:
+        header, *lines = [line.rstrip("\n").split(",") for line in handle]
+    assert tuple(header) == PLACEMENT_COLUMNS
+    phases = sorted(line[header.index("phase")] for line in lines)
+    assert phases == ["cost"] * 3 + ["train"] * 3
+    assert {line[header.index("backend")] for line in lines} == {"ray"}
+    assert {line[header.index("threads")] for line in lines} == {"1"}
+
+
+def test_a_cluster_joined_with_address_auto_gives_the_local_rows(
+    head_node, tmp_path, uninterrupted
+):
+    out = tmp_path / "cluster"
+    done = run_bench(*RUN, "--out", str(out), "--backend", "ray", "--address", "auto")
+    assert done.returncode == 0, done.stderr
+    assert untimed(out / "runs.csv") == untimed(uninterrupted / "runs.csv")
+
+
+def test_an_unsatisfiable_gpu_request_exits_2_within_seconds_losing_nothing(
+    head_node, tmp_path, uninterrupted
+):
+    out = tmp_path / "kept"
+    out.mkdir()
+    (out / "runs.csv").write_bytes((uninterrupted / "runs.csv").read_bytes())
+    before = read_rows(out / "runs.csv")
+    started = time.monotonic()
+    on_any_device = [arg if arg != "cpu" else "auto" for arg in RUN]
+    done = run_bench(
+        *on_any_device,
+        "--out",
+        str(out),
+        "--overwrite",
+        "--backend",
+        "ray",
+        "--address",
+        "auto",
+        "--gpus-per-run",
+        "0.5",
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert time.monotonic() - started < 60
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: no node of the Ray cluster has 1 CPU + 0.5 GPU"), error
+    assert read_rows(out / "runs.csv") == before  # --overwrite refused before truncating
