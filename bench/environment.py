@@ -24,7 +24,9 @@ def cpu_model() -> str:
 
 
 def git_commit() -> str:
-    """Short hash of HEAD, with '-dirty' when tracked files are modified; 'unknown' outside git."""
+    """Short hash of HEAD, with '-dirty' when tracked files outside results/ are modified (the
+    committed results are output: a suite appended to them must not mark the next one dirty);
+    'unknown' outside git."""
 
     def git(*args: str) -> str:
         result = subprocess.run(
@@ -34,7 +36,7 @@ def git_commit() -> str:
 
     try:
         commit = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":!/results")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("-dirty" if dirty else "")
