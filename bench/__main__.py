@@ -247,7 +247,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.cost import cost_pass
     from bench.execution import pinned_threads, train
     from bench.results import ResultsExistError, RunsFile, row_key
-    from bench.runner import StepCallback
+    from bench.runner import StepCallback, estimator_facts
 
     gpus = resolve_gpus_per_run(args)
     if args.backend == "ray":
@@ -279,6 +279,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         backend = make_backend(args, data, device, workers, threads, gpus, progress)
         try:
             runs, _ = RunsFile.open(args.out, resume=args.resume, overwrite=args.overwrite)
+            runs.record_facts(estimator_facts(c) for c in suite.runs)
             record = environment_record(device, suite.name, args.argv)
             # Each run's torch threads, not the driver's; on Ray, the cluster's resources.
             record.update(threads=threads, workers=workers, backend=args.backend)

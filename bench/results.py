@@ -8,7 +8,14 @@ and costed when it has a `cost_complete` row (the exclusive cost pass, bench.cos
 rows of untrained configurations (a kill mid-write) and the cost rows of uncosted ones are dropped,
 so those configurations run again.
 
-placements.csv, beside it, says where each configuration trained and where it was timed: its key
+estimators.csv, beside it, holds the facts of each (estimator, K) that ran, as the estimator
+declares them, so that a results directory can be read without the estimator code: its
+`objective` (elbo or iwae), `latent` type, whether it is `biased` (1/0), its `bias_reference` (the
+unbiased estimator its bias is measured against, '' if none), its `variance_reference` (the
+estimator its variance is compared with) and `evaluations` of the learning signal per example
+per step.
+
+placements.csv says where each configuration trained and where it was timed: its key
 columns, `phase` (train or cost), `backend`, `host`, `process`, `threads` and `gpus` (GPU ids, empty
 on CPU). A configuration that ran again after a kill has several lines per phase; the last
 counts.
@@ -57,6 +64,16 @@ COST_METRICS = frozenset(
     }
 )
 
+FACT_COLUMNS = (
+    "estimator",
+    "k",
+    "objective",
+    "latent",
+    "biased",
+    "bias_reference",
+    "variance_reference",
+    "evaluations",
+)
 PLACEMENT_COLUMNS = (*KEY_COLUMNS, "phase", "backend", "host", "process", "threads", "gpus")
 
 RowKey = tuple[str, ...]
@@ -152,7 +169,27 @@ class RunsFile:
         runs = cls(path)
         if overwrite or not runs.placements.exists():
             runs.placements.write_text(",".join(PLACEMENT_COLUMNS) + "\n")
+        if overwrite:
+            path.with_name("estimators.csv").unlink(missing_ok=True)
         return runs, progress
+
+    def record_facts(self, facts: Iterable[dict[str, object]]) -> None:
+        """Add rows of FACT_COLUMNS to estimators.csv (replacing those of the same estimator and
+        K), sorted by estimator and K; written whole and atomically."""
+        path = self.path.with_name("estimators.csv")
+        rows: dict[tuple[str, str], list[str]] = {}
+        if path.exists():
+            with path.open(newline="") as handle:
+                for row in csv.DictReader(handle):
+                    rows[row["estimator"], row["k"]] = [row[c] for c in FACT_COLUMNS]
+        for fact in facts:
+            rows[str(fact["estimator"]), str(fact["k"])] = [str(fact[c]) for c in FACT_COLUMNS]
+        tmp = path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(FACT_COLUMNS)
+            writer.writerows(rows[key] for key in sorted(rows, key=lambda e: (e[0], int(e[1]))))
+        os.replace(tmp, path)
 
     def place(self, config: RunConfig, device: str, phase: str, placement: Placement) -> None:
         """One line of placements.csv: where `config` ran its `phase` (train or cost)."""

@@ -78,6 +78,22 @@ def bias_reference(estimator: Estimator) -> Estimator | None:
     return make_estimator(reference.name, estimator.model, estimator.kl, k, estimator.beta)
 
 
+def estimator_facts(config: RunConfig) -> dict[str, object]:
+    """The row of estimators.csv (bench.results.FACT_COLUMNS) for the configuration's estimator
+    at its K, as the estimator class declares it."""
+    cls = REGISTRY[config.estimator]
+    return {
+        "estimator": config.estimator,
+        "k": config.k,
+        "objective": cls.objective,
+        "latent": cls.latent,
+        "biased": int(cls.is_biased(config.k)),
+        "bias_reference": cls.bias_reference or "",
+        "variance_reference": cls.variance_reference(),
+        "evaluations": cls.evaluations(config.k),
+    }
+
+
 def train_step(
     estimator: Estimator,
     optimizer: torch.optim.Optimizer,

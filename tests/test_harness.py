@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bench.__main__ import main
-from bench.results import COLUMNS, KEY, METRIC, STEP, VALUE, RunsFile, read_rows
+from bench.results import COLUMNS, FACT_COLUMNS, KEY, METRIC, STEP, VALUE, RunsFile, read_rows
 from bench.runner import bias_reference, build_estimator, run_configuration
 from bench.suites import RunConfig, get_suite
 from vae_core.data import load_dataset
@@ -134,6 +134,25 @@ def test_quick_suite_records_the_environment(quick_results):
     assert record["suite"] == "quick" and record["device"] == "cpu"
     assert (record["threads"], record["workers"]) == (1, 2)  # per run, as placed
     assert "--suite quick" in record["command"]
+
+
+def test_quick_suite_records_the_estimator_facts(quick_results):
+    """estimators.csv: one row per (estimator, K) that ran, as the estimator classes declare
+    them, so that the report needs no estimator code."""
+    with (quick_results / "estimators.csv").open(newline="") as handle:
+        facts = {(r["estimator"], int(r["k"])): r for r in csv.DictReader(handle)}
+    assert set(facts) == {(c.estimator, c.k) for c in get_suite("quick").runs}
+    assert set(next(iter(facts.values()))) == set(FACT_COLUMNS)
+    expected = {  # (estimator, K): (objective, latent, biased, bias reference, variance reference)
+        ("reparam", 1): ("elbo", "gaussian", "0", "", "reparam"),
+        ("iwae_stl", 2): ("iwae", "gaussian", "1", "dreg", "reparam"),
+        ("gumbel", 1): ("elbo", "bernoulli", "1", "disarm", "disarm"),
+        ("disarm", 2): ("elbo", "bernoulli", "0", "", "disarm"),
+    }
+    columns = ("objective", "latent", "biased", "bias_reference", "variance_reference")
+    for key, values in expected.items():
+        assert tuple(facts[key][c] for c in columns) == values, key
+        assert facts[key]["evaluations"] == str(key[1])
 
 
 def test_pathwise_beats_plain_score_function_in_quick_suite(quick_results):

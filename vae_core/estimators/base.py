@@ -39,6 +39,9 @@ from vae_core.models import LatentModel
 from vae_core.objectives import diag_gaussian_log_density
 
 KL_MODES = ("analytic", "mc")
+# The estimator every other one's gradient variance is compared with, by latent type: the
+# pathwise gradient for Gaussian latents, DisARM (the lowest-variance unbiased one) for binary.
+VARIANCE_REFERENCES = {"gaussian": "reparam", "bernoulli": "disarm"}
 NOISE_SAMPLERS = {"gaussian": torch.randn, "bernoulli": torch.rand}  # by latent type
 
 
@@ -91,6 +94,23 @@ class Estimator(nn.Module):
         self.kl = kl
         self.n_particles = n_particles
         self.beta = float(beta)
+
+    @classmethod
+    def is_biased(cls, n_particles: int) -> bool:
+        """Whether E[ĝ] ≠ ∇ of the objective at K = n_particles: an estimator naming a
+        `bias_reference` is biased unless it says otherwise."""
+        return cls.bias_reference is not None
+
+    @classmethod
+    def evaluations(cls, n_particles: int) -> int:
+        """Evaluations of the learning signal f per example per step: K for every estimator
+        here (antithetic pairs count both halves)."""
+        return n_particles
+
+    @classmethod
+    def variance_reference(cls) -> str:
+        """The estimator whose gradient variance this one's is compared with."""
+        return VARIANCE_REFERENCES[cls.latent]
 
     def noise_shape(self, batch_size: int) -> tuple[int, ...]:
         """(K, M, latent_dim): one noise vector per particle and example."""

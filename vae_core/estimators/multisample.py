@@ -107,6 +107,10 @@ class IWAESTL(MultiSampleEstimator):
     summary = "IWAE with the score term of log q stopped (STL); BIASED for K>1 (Tucker 2019)"
     bias_reference = "dreg"
 
+    @classmethod
+    def is_biased(cls, n_particles: int) -> bool:
+        return n_particles > 1  # at K = 1 it is stl, unbiased
+
     def forward(self, x: torch.Tensor, noise: torch.Tensor) -> EstimatorOutput:
         z, mean, log_var = self.sample(x, noise)
         log_weights = self.log_weights(x, z, mean.detach(), log_var.detach())  # φ stopped in q
