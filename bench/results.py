@@ -1,7 +1,7 @@
 """runs.csv: long-format rows, appended one whole configuration at a time, and resuming from it.
 
 One row per measurement: `dataset, model, estimator, kl, k, beta, device, seed, step, metric,
-value` (the contract's columns of DESIGN.md plus `beta`, the KL weight).
+value` (`beta` is the KL weight of a β-VAE run).
 The driver is the only writer: each append is one write of a configuration's rows, flushed and
 fsynced, its completion marker last. A configuration is trained when it has a `run_complete` row
 and costed when it has a `cost_complete` row (the exclusive cost pass, bench.cost). On resume the

@@ -29,9 +29,9 @@ from bench.suites import MODELS, RunConfig
 from bench.timing import Stopwatch
 from vae_core.data import Dataset, iterate_minibatches
 from vae_core.estimators import REGISTRY, Estimator, EstimatorOutput, make_estimator
+from vae_core.evaluation import distortion_and_rate, elbo_estimate, log_likelihood_estimate
 from vae_core.gradients import gradient_statistics
 from vae_core.models import build_model
-from vae_core.objectives import distortion_and_rate, elbo_estimate, log_likelihood_estimate
 
 
 def grad_method(device: torch.device) -> str:

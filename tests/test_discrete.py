@@ -27,10 +27,11 @@ from tests.test_estimators import (
     threshold_for,
     z_scores,
 )
+from vae_core.densities import bernoulli_log_density
 from vae_core.estimators import REGISTRY, EstimatorError, make_estimator
+from vae_core.evaluation import log_likelihood_estimate
 from vae_core.gradients import gradient_draws
 from vae_core.models import BernoulliLatentModel, BernoulliVAE, ModelConfig, build_model
-from vae_core.objectives import bernoulli_log_density, log_likelihood_estimate
 
 DISCRETE = [name for name, cls in REGISTRY.items() if cls.latent == "bernoulli"]
 UNBIASED = [

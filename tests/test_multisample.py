@@ -23,11 +23,11 @@ from tests.test_estimators import (
     reference_gradient,
     small_batch,
 )
+from vae_core.densities import diag_gaussian_log_density
 from vae_core.estimators import REGISTRY, EstimatorError, make_estimator
 from vae_core.estimators.multisample import VIMCO
 from vae_core.gradients import gradient_draws
 from vae_core.models import BernoulliVAE, LinearGaussianModel, ModelConfig
-from vae_core.objectives import diag_gaussian_log_density
 
 MULTI_SAMPLE = ("iwae", "dreg", "iwae_stl", "vimco")
 QUADRATURE_NODES = 40

@@ -1,9 +1,12 @@
 """Latent-variable models: a diagonal Gaussian or a factorised Bernoulli q(z|x).
 
-Every model exposes the pieces an estimator needs — the parameters of q(z|x) (`encode`),
-log p(z), log p(x|z) and the analytic KL(q(z|x) ‖ p(z)) — and says which parameters are the
-encoder's (φ, inference network) and which the generative model's (θ, "decoder"). Evaluation
-code uses only the latent-type-free part, `sample_posterior`.
+Every model owns its sampling and exposes the pieces an estimator needs: the parameters of q(z|x)
+(`posterior`), noise of its own kind (`sample_noise`: ε ~ N(0, I) or u ~ U(0, 1)), the sample
+z = g(posterior, noise) (`transform`: μ + σ ε, or b = 1[u < σ(α)]), log q(z|x), log p(z),
+log p(x|z) and the analytic KL(q(z|x) ‖ p(z)); and it says which parameters are the encoder's
+(φ, inference network) and which the generative model's (θ, "decoder"). `sample` composes them
+for estimators, which may first reshape the gradient reaching the posterior parameters (NVIL's
+scale, DReG's stopped φ); `sample_posterior` composes them for evaluation.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import nn
 
-from vae_core.objectives import (
+from vae_core.densities import (
     analytic_kl_bernoulli,
     analytic_kl_standard_normal,
     bernoulli_log_density,
@@ -64,6 +67,21 @@ class ModelConfig:
                 raise ValueError(f"{label} must be a positive integer, got {size!r}")
 
 
+Posterior = tuple[torch.Tensor, ...]  # the parameters of q(z|x): (mean, log_var) or (logits,)
+
+
+def stopped(posterior: Posterior) -> Posterior:
+    """The posterior's parameters with φ stopped: log q(z|x) under them has no gradient to φ."""
+    return tuple(t.detach() for t in posterior)
+
+
+class LatentSample(NamedTuple):
+    """z = g(posterior, noise), shape (..., M, latent_dim), and log q(z|x), shape (..., M)."""
+
+    z: torch.Tensor
+    log_q: torch.Tensor
+
+
 class PosteriorSample(NamedTuple):
     """z: n draws z ~ q(z|x), (n, M, latent_dim); log_q: log q(z|x), (n, M); rate: the closed-form
     KL(q(z|x) ‖ p(z)) per example, (M,) (Alemi et al. 2018's rate)."""
@@ -82,8 +100,44 @@ class LatentModel(nn.Module):
     """Interface shared by every latent type: prior p(z), likelihood p(x|z), posterior q(z|x)."""
 
     latent: ClassVar[str]
+    noise_sampler: ClassVar[Callable[..., torch.Tensor]]  # torch.randn or torch.rand
     input_dim: int
     latent_dim: int
+
+    def posterior(self, x: torch.Tensor) -> Posterior:
+        """The parameters of q(z|x), each (M, latent_dim): (mean, log_var) or (logits,)."""
+        raise NotImplementedError
+
+    def transform(self, posterior: Posterior, noise: torch.Tensor) -> torch.Tensor:
+        """z = g(posterior, noise), a sample of q(z|x) for noise from `sample_noise`."""
+        raise NotImplementedError
+
+    def log_posterior(self, z: torch.Tensor, posterior: Posterior) -> torch.Tensor:
+        """log q(z|x) under the given posterior parameters, (..., M)."""
+        raise NotImplementedError
+
+    def kl_to_prior(self, *posterior: torch.Tensor) -> torch.Tensor:
+        """Analytic KL(q(z|x) ‖ p(z)) per example, shape (M,)."""
+        raise NotImplementedError
+
+    def sample_noise(
+        self, shape: tuple[int, ...], generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Noise of `shape` (last dimension latent_dim) on the model's device and dtype."""
+        reference = next(self.parameters())
+        return self.noise_sampler(
+            shape, generator=generator, device=reference.device, dtype=reference.dtype
+        )
+
+    def sample(
+        self, posterior: Posterior, noise: torch.Tensor, stop_path: bool = False
+    ) -> LatentSample:
+        """z = g(posterior, noise) with log q(z|x); `stop_path` detaches z (score-function
+        estimators reach φ through log q only), log q keeps its gradient to the posterior."""
+        z = self.transform(posterior, noise)
+        if stop_path:
+            z = z.detach()
+        return LatentSample(z, self.log_posterior(z, posterior))
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
         """log p(z), summed over latent dimensions; z may carry leading sample dimensions."""
@@ -98,7 +152,10 @@ class LatentModel(nn.Module):
     ) -> PosteriorSample:
         """n_samples draws z ~ q(z|x) per example with their log q and the rate, from one
         encoder pass; for evaluation (no gradient path is promised)."""
-        raise NotImplementedError
+        posterior = self.posterior(x)
+        noise = self.sample_noise((n_samples, *posterior[0].shape), generator)
+        z = self.transform(posterior, noise)
+        return PosteriorSample(z, self.log_posterior(z, posterior), self.kl_to_prior(*posterior))
 
     def parameter_group(self, name: str) -> str:
         """'encoder' (φ) or 'decoder' (θ, the whole generative model) for a parameter name."""
@@ -115,55 +172,48 @@ class LatentModel(nn.Module):
 
 
 class GaussianLatentModel(LatentModel):
-    """q(z|x) = N(mean, diag exp(log_var))."""
+    """q(z|x) = N(mean, diag exp(log_var)), sampled as z = mean + exp(½ log_var) ⊙ ε."""
 
     latent = "gaussian"
+    noise_sampler = staticmethod(torch.randn)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, log_var) of q(z|x), each of shape (M, latent_dim)."""
         raise NotImplementedError
 
-    def kl_to_prior(self, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-        """Analytic KL(q(z|x) ‖ p(z)) per example, shape (M,)."""
-        raise NotImplementedError
+    def posterior(self, x: torch.Tensor) -> Posterior:
+        return self.encode(x)
 
-    def sample_posterior(
-        self, x: torch.Tensor, n_samples: int, generator: torch.Generator | None = None
-    ) -> PosteriorSample:
-        mean, log_var = self.encode(x)
-        noise = torch.randn(
-            (n_samples, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype
-        )
-        z = mean + torch.exp(0.5 * log_var) * noise
-        log_q = diag_gaussian_log_density(z, mean, log_var)
-        return PosteriorSample(z, log_q, self.kl_to_prior(mean, log_var))
+    def transform(self, posterior: Posterior, noise: torch.Tensor) -> torch.Tensor:
+        mean, log_var = posterior
+        return mean + torch.exp(0.5 * log_var) * noise
+
+    def log_posterior(self, z: torch.Tensor, posterior: Posterior) -> torch.Tensor:
+        mean, log_var = posterior
+        return diag_gaussian_log_density(z, mean, log_var)
 
 
 class BernoulliLatentModel(LatentModel):
-    """q(b|x) = Π_d Bernoulli(b_d; σ(α_d)) with logits α = `encode(x)`, b ∈ {0, 1}^latent_dim."""
+    """q(b|x) = Π_d Bernoulli(b_d; σ(α_d)) with logits α = `encode(x)`, b ∈ {0, 1}^latent_dim,
+    sampled as b = 1[u < σ(α)]."""
 
     latent = "bernoulli"
+    noise_sampler = staticmethod(torch.rand)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Logits α of q(b|x), shape (M, latent_dim)."""
         raise NotImplementedError
 
-    def kl_to_prior(self, logits: torch.Tensor) -> torch.Tensor:
-        """Analytic KL(q(b|x) ‖ p(b)) per example, shape (M,)."""
-        raise NotImplementedError
+    def posterior(self, x: torch.Tensor) -> Posterior:
+        return (self.encode(x),)
 
-    def sample_posterior(
-        self, x: torch.Tensor, n_samples: int, generator: torch.Generator | None = None
-    ) -> PosteriorSample:
-        logits = self.encode(x)
-        uniform = torch.rand(
-            (n_samples, *logits.shape),
-            generator=generator,
-            device=logits.device,
-            dtype=logits.dtype,
-        )
-        b = bernoulli_sample(logits, uniform)
-        return PosteriorSample(b, bernoulli_log_density(b, logits), self.kl_to_prior(logits))
+    def transform(self, posterior: Posterior, noise: torch.Tensor) -> torch.Tensor:
+        (logits,) = posterior
+        return bernoulli_sample(logits, noise)
+
+    def log_posterior(self, z: torch.Tensor, posterior: Posterior) -> torch.Tensor:
+        (logits,) = posterior
+        return bernoulli_log_density(z, logits)
 
 
 def mlp(sizes: list[int], activation: str) -> nn.Sequential:

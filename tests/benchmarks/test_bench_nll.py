@@ -8,7 +8,7 @@ import torch
 
 from bench.runner import build_estimator
 from bench.suites import RunConfig
-from vae_core.objectives import log_likelihood_estimate
+from vae_core.evaluation import log_likelihood_estimate
 
 # About 2.4 s of CPU time a call (one thread).
 ROUNDS = 5

@@ -36,13 +36,11 @@ import torch
 from torch import nn
 
 from vae_core.models import LatentModel
-from vae_core.objectives import diag_gaussian_log_density
 
 KL_MODES = ("analytic", "mc")
 # The estimator every other one's gradient variance is compared with, by latent type: the
 # pathwise gradient for Gaussian latents, DisARM (the lowest-variance unbiased one) for binary.
 VARIANCE_REFERENCES = {"gaussian": "reparam", "bernoulli": "disarm"}
-NOISE_SAMPLERS = {"gaussian": torch.randn, "bernoulli": torch.rand}  # by latent type
 
 
 class EstimatorError(ValueError):
@@ -94,6 +92,11 @@ class Estimator(nn.Module):
         self.kl = kl
         self.n_particles = n_particles
         self.beta = float(beta)
+        self.build_state()
+
+    def build_state(self) -> None:
+        """Create the running state (buffers, baseline networks) that `update_state` advances.
+        Default: none."""
 
     @classmethod
     def is_biased(cls, n_particles: int) -> bool:
@@ -119,15 +122,9 @@ class Estimator(nn.Module):
     def sample_noise(
         self, batch_size: int, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Noise of shape `noise_shape` on the model's device: ε ~ N(0, I) for Gaussian latents,
+        """The model's noise in shape `noise_shape`: ε ~ N(0, I) for Gaussian latents,
         u ~ U(0, 1) for binary ones."""
-        reference = next(self.model.parameters())
-        return NOISE_SAMPLERS[self.latent](
-            self.noise_shape(batch_size),
-            generator=generator,
-            device=reference.device,
-            dtype=reference.dtype,
-        )
+        return self.model.sample_noise(self.noise_shape(batch_size), generator)
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor) -> EstimatorOutput:
         raise NotImplementedError
@@ -149,24 +146,22 @@ class Estimator(nn.Module):
         stop_path: bool,
         encoder_grad_scale: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """z = μ + σ ε (detached when `stop_path`, for score-function estimators).
+        """z = g(posterior(x), noise) from the model (μ + σ ε, or b = 1[u < σ(α)]), detached when
+        `stop_path` (score-function estimators).
 
-        `encoder_grad_scale` multiplies every gradient that reaches φ through (μ, log σ²),
-        leaving the forward values unchanged.
+        `encoder_grad_scale` multiplies every gradient that reaches φ through the posterior's
+        parameters, leaving the forward values unchanged.
 
         Returns (f, kl_analytic, log_q): f is the learning signal per sample, shape (K, M):
         log p(x|z) with kl='analytic', `log_weight` (log p(x|z) + β(log p(z) − log q(z|x))) with
         kl='mc'. kl_analytic is β·KL(q‖p) per example (zeros with kl='mc'); log_q is log q(z|x)
         with gradients to φ through the density (not through z when `stop_path`).
         """
-        mean, log_var = self.model.encode(x)
+        posterior = self.model.posterior(x)
         if encoder_grad_scale is not None:
-            mean, log_var = (scale_gradient(t, encoder_grad_scale) for t in (mean, log_var))
-        z = mean + torch.exp(0.5 * log_var) * noise
-        if stop_path:
-            z = z.detach()
-        log_q = diag_gaussian_log_density(z, mean, log_var)
-        return self.signal_terms(x, z, log_q, (mean, log_var))
+            posterior = tuple(scale_gradient(t, encoder_grad_scale) for t in posterior)
+        z, log_q = self.model.sample(posterior, noise, stop_path)
+        return self.signal_terms(x, z, log_q, posterior)
 
     def signal_terms(
         self,

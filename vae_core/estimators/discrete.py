@@ -12,51 +12,33 @@ from __future__ import annotations
 
 import torch
 
-from vae_core.estimators.base import Estimator, EstimatorOutput, register, scale_gradient
+from vae_core.estimators.base import Estimator, EstimatorOutput, register
 from vae_core.estimators.score import Score, ScoreLeaveOneOut
-from vae_core.models import bernoulli_sample
-from vae_core.objectives import bernoulli_log_density
-
-
-class BinaryLatentEstimator(Estimator):
-    """Bernoulli sampling from the uniform noise (not registered itself)."""
-
-    latent = "bernoulli"
-
-    def sample_terms(
-        self,
-        x: torch.Tensor,
-        noise: torch.Tensor,
-        stop_path: bool = True,
-        encoder_grad_scale: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """b = 1[u < σ(α)], which has no path to φ (`stop_path` is always true here)."""
-        logits = self.model.encode(x)
-        if encoder_grad_scale is not None:
-            logits = scale_gradient(logits, encoder_grad_scale)
-        b = bernoulli_sample(logits, noise)
-        return self.signal_terms(x, b, bernoulli_log_density(b, logits), (logits,))
 
 
 @register("reinforce")
-class Reinforce(BinaryLatentEstimator, Score):
-    """∇_φ ≈ f(b) ∇_φ log q_φ(b|x), no baseline (Williams 1992), on binary latents."""
+class Reinforce(Score):
+    """∇_φ ≈ f(b) ∇_φ log q_φ(b|x), no baseline (Williams 1992), on binary latents: the model
+    samples b = 1[u < σ(α)], which has no path to φ."""
 
     summary = "score function / REINFORCE on Bernoulli latents, no baseline (Williams 1992)"
+    latent = "bernoulli"
 
 
 @register("reinforce_loo")
-class ReinforceLeaveOneOut(BinaryLatentEstimator, ScoreLeaveOneOut):
+class ReinforceLeaveOneOut(ScoreLeaveOneOut):
     """∇_φ ≈ (1/K) Σ_k (f_k − mean_{j≠k} f_j) ∇_φ log q_φ(b_k|x), K ≥ 2 (Kool et al. 2019)."""
 
     summary = "score function on Bernoulli latents, K>=2, leave-one-out baseline (RLOO)"
+    latent = "bernoulli"
 
 
-class AntitheticPairEstimator(BinaryLatentEstimator):
+class AntitheticPairEstimator(Estimator):
     """K/2 antithetic pairs per example from one u each: b = 1[u < σ(α)], b̃ = 1[1 − u < σ(α)],
     both marginally q(b|x). K counts evaluations of f, so K = 2 costs what RLOO with 2 samples
     does. Subclasses give the per-pair gradient with respect to the logits α."""
 
+    latent = "bernoulli"
     min_particles = 2
     particles_multiple = 2
 
@@ -76,11 +58,12 @@ class AntitheticPairEstimator(BinaryLatentEstimator):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, u: torch.Tensor) -> EstimatorOutput:
-        logits = self.model.encode(x)
-        b, b_anti = bernoulli_sample(logits, u), bernoulli_sample(logits, 1 - u)
+        posterior = self.model.posterior(x)
+        (logits,) = posterior
+        b, b_anti = self.model.transform(posterior, u), self.model.transform(posterior, 1 - u)
         both = torch.cat([b, b_anti])
-        log_q = bernoulli_log_density(both, logits)
-        f, kl_analytic, _ = self.signal_terms(x, both, log_q, (logits,))
+        log_q = self.model.log_posterior(both, posterior)
+        f, kl_analytic, _ = self.signal_terms(x, both, log_q, posterior)
         f_pair, f_anti = f.detach().chunk(2)
         logit_grad = self.logit_gradient(u, logits.detach(), b, b_anti, f_pair, f_anti)
         # ∇_φ: the chain rule from ∇_α, plus ∇_φ f at fixed b (−β ∇ log q, mean zero; kl='mc').
@@ -112,11 +95,12 @@ class DisARM(AntitheticPairEstimator):
         return 0.5 * (f - f_anti).unsqueeze(-1) * sign * differ * torch.sigmoid(logits.abs())
 
 
-class RelaxedEstimator(BinaryLatentEstimator):
+class RelaxedEstimator(Estimator):
     """Binary Concrete / Gumbel-softmax relaxation (Maddison et al. 2017; Jang et al. 2017):
     z = σ((α + L)/τ) with logistic noise L = log u − log(1 − u), a smooth stand-in for
     b = 1[α + L > 0] ~ Bernoulli(σ(α)). Pathwise gradients through z are biased for ∇ELBO."""
 
+    latent = "bernoulli"
     kl_modes = ("analytic",)
     unsupported_reason = {
         "mc": "the relaxed sample z ∈ (0, 1) has no Bernoulli log q(z|x); the relaxation is "

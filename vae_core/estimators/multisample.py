@@ -17,8 +17,9 @@ import math
 
 import torch
 
+from vae_core.densities import iwae_bound
 from vae_core.estimators.base import Estimator, EstimatorOutput, register, scale_gradient
-from vae_core.objectives import diag_gaussian_log_density, iwae_bound
+from vae_core.models import Posterior, stopped
 
 
 class MultiSampleEstimator(Estimator):
@@ -31,18 +32,14 @@ class MultiSampleEstimator(Estimator):
         "there is no closed-form KL inside log (1/K) Σ_k w_k"
     }
 
-    def sample(
-        self, x: torch.Tensor, noise: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(z, mean, log_var): z = μ + σ ε of shape (K, M, D), with a path to φ."""
-        mean, log_var = self.model.encode(x)
-        return mean + torch.exp(0.5 * log_var) * noise, mean, log_var
+    def sample(self, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, Posterior]:
+        """(z, posterior): z = μ + σ ε of shape (K, M, D), with a path to φ, and (μ, log σ²)."""
+        posterior = self.model.posterior(x)
+        return self.model.transform(posterior, noise), posterior
 
-    def log_weights(
-        self, x: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor
-    ) -> torch.Tensor:
-        """log w_k = log p(x|z_k) + β (log p(z_k) − log N(z_k; mean, exp(log_var))), (K, M)."""
-        return self.log_weight(x, z, diag_gaussian_log_density(z, mean, log_var))
+    def log_weights(self, x: torch.Tensor, z: torch.Tensor, posterior: Posterior) -> torch.Tensor:
+        """log w_k = log p(x|z_k) + β (log p(z_k) − log q(z_k|x)), q under `posterior`, (K, M)."""
+        return self.log_weight(x, z, self.model.log_posterior(z, posterior))
 
     def output(self, surrogate: torch.Tensor, log_weights: torch.Tensor) -> EstimatorOutput:
         """`elbo` is the per-example IWAE bound estimate log (1/K) Σ_k w_k (L_K, not the ELBO)."""
@@ -58,8 +55,8 @@ class IWAE(MultiSampleEstimator):
     summary = "importance-weighted bound, K samples, pathwise gradient (Burda et al. 2016)"
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor) -> EstimatorOutput:
-        z, mean, log_var = self.sample(x, noise)
-        log_weights = self.log_weights(x, z, mean, log_var)
+        z, posterior = self.sample(x, noise)
+        log_weights = self.log_weights(x, z, posterior)
         return self.output(iwae_bound(log_weights).mean(), log_weights)
 
 
@@ -84,12 +81,12 @@ class DReG(MultiSampleEstimator):
     summary = "doubly reparameterised IWAE encoder gradient, weights w~^2 (Tucker et al. 2019)"
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor) -> EstimatorOutput:
-        z, mean, log_var = self.sample(x, noise)
-        mean, log_var = mean.detach(), log_var.detach()  # φ stopped inside q
+        z, posterior = self.sample(x, noise)
+        posterior = stopped(posterior)  # φ stopped inside q
         with torch.no_grad():
-            weights = torch.softmax(self.log_weights(x, z, mean, log_var), dim=0)
+            weights = torch.softmax(self.log_weights(x, z, posterior), dim=0)
         path_weights = 1 - self.beta + self.beta * weights  # w̃_k at β = 1 (see the docstring)
-        log_weights = self.log_weights(x, scale_gradient(z, path_weights[..., None]), mean, log_var)
+        log_weights = self.log_weights(x, scale_gradient(z, path_weights[..., None]), posterior)
         return self.output((weights * log_weights).sum(0).mean(), log_weights)
 
 
@@ -112,8 +109,8 @@ class IWAESTL(MultiSampleEstimator):
         return n_particles > 1  # at K = 1 it is stl, unbiased
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor) -> EstimatorOutput:
-        z, mean, log_var = self.sample(x, noise)
-        log_weights = self.log_weights(x, z, mean.detach(), log_var.detach())  # φ stopped in q
+        z, posterior = self.sample(x, noise)
+        log_weights = self.log_weights(x, z, stopped(posterior))  # φ stopped in q
         return self.output(iwae_bound(log_weights).mean(), log_weights)
 
 
@@ -131,9 +128,8 @@ class VIMCO(MultiSampleEstimator):
     min_particles = 2
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor) -> EstimatorOutput:
-        z, mean, log_var = self.sample(x, noise)
-        z = z.detach()  # no pathwise gradient: φ is reached through the density q only
-        log_q = diag_gaussian_log_density(z, mean, log_var)
+        # No pathwise gradient: φ is reached through the density q only.
+        z, log_q = self.model.sample(self.model.posterior(x), noise, stop_path=True)
         log_weights = self.log_weight(x, z, log_q)
         bound = iwae_bound(log_weights)  # (M,)
         signal = bound.detach() - self.leave_one_out_bounds(log_weights.detach())

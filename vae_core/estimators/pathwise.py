@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from vae_core.estimators.base import Estimator, EstimatorOutput, register
-from vae_core.objectives import diag_gaussian_log_density
+from vae_core.models import stopped
 
 
 @register("reparam")
@@ -37,9 +37,9 @@ class StickingTheLanding(Estimator):
     }
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor) -> EstimatorOutput:
-        mean, log_var = self.model.encode(x)
-        z = mean + torch.exp(0.5 * log_var) * noise
-        log_q_stopped = diag_gaussian_log_density(z, mean.detach(), log_var.detach())
+        posterior = self.model.posterior(x)
+        z = self.model.transform(posterior, noise)
+        log_q_stopped = self.model.log_posterior(z, stopped(posterior))
         f = self.log_weight(x, z, log_q_stopped)
         objective = f.mean(0)
         return EstimatorOutput(objective.mean(), objective.detach(), f.detach())

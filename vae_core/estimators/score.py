@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from vae_core.estimators.base import Estimator, EstimatorOutput, register
-from vae_core.models import LatentModel, mlp
+from vae_core.models import mlp
 
 
 def score_function_surrogate(
@@ -45,14 +45,7 @@ class ScoreMovingAverage(Estimator):
     summary = "score function with a moving-average baseline"
     decay = 0.9
 
-    def __init__(
-        self,
-        model: LatentModel,
-        kl: str = "analytic",
-        n_particles: int = 1,
-        beta: float = 1.0,
-    ):
-        super().__init__(model, kl, n_particles, beta)
+    def build_state(self) -> None:
         self.register_buffer("baseline", torch.zeros(()))
         self.register_buffer("n_updates", torch.zeros((), dtype=torch.long))
 
@@ -83,16 +76,10 @@ class ScoreNVIL(Estimator):
     decay = 0.8
     baseline_hidden = 100
 
-    def __init__(
-        self,
-        model: LatentModel,
-        kl: str = "analytic",
-        n_particles: int = 1,
-        beta: float = 1.0,
-    ):
-        super().__init__(model, kl, n_particles, beta)
-        reference = next(model.parameters())
-        self.baseline_net = mlp([model.input_dim, self.baseline_hidden, 1], "tanh").to(reference)
+    def build_state(self) -> None:
+        reference = next(self.model.parameters())
+        sizes = [self.model.input_dim, self.baseline_hidden, 1]
+        self.baseline_net = mlp(sizes, "tanh").to(reference)
         self.register_buffer("signal_mean", torch.zeros(()))
         self.register_buffer("signal_var", torch.ones(()))
         self.register_buffer("n_updates", torch.zeros((), dtype=torch.long))
