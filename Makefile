@@ -50,16 +50,18 @@ test: $(STAMP) $(RAY_STAMP)
 	$(PY) -m pytest -q --benchmark-disable
 
 # The main job: train every configuration of $(SUITE) ($(WORKERS) at a time, $(CPUS_PER_RUN) torch
-# threads each), time each alone afterwards (the cost pass), then draw the report.
+# threads each), time each alone afterwards (the cost pass), compute the toy figure's data
+# (toy.csv), then write the report.
 # Starts afresh (replacing $(OUT)/runs.csv); `make bench RESUME=1` continues a killed run instead.
 bench: $(STAMP) $(if $(filter ray,$(BACKEND)),$(RAY_STAMP))
 	$(PY) -m bench run --suite $(SUITE) --device $(DEVICE) --out $(OUT) \
 		--workers $(WORKERS) --cpus-per-run $(CPUS_PER_RUN) --backend $(BACKEND) \
 		$(if $(RAY_ADDRESS),--address $(RAY_ADDRESS)) --gpus-per-run $(GPUS_PER_RUN) \
 		$(if $(RESUME),--resume,--overwrite)
+	$(PY) -m bench toy --out $(OUT)
 	$(PY) -m bench report --out $(OUT)
 
-# Tables and plots from the stored $(OUT)/runs.csv, without training.
+# Tables and plots from the stored results in $(OUT), without training or computing anything.
 plots: $(STAMP)
 	$(PY) -m bench report --out $(OUT)
 

@@ -1,4 +1,8 @@
-"""Command line: python -m bench {list,run,report,toy}. The only place that parses or prints."""
+"""Command line: python -m bench {list,run,report,toy}. The only place that parses or prints.
+
+Each command imports what it needs when it runs: `report` reads a results directory alone, and
+works where torch and the estimator code are not importable.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,15 @@ import dataclasses
 import json
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from bench import toy
-from bench.environment import environment_record
-from bench.report import add_report_arguments, main_report
-from bench.suites import MODELS, RunConfig, Suite, get_suite, make_suites, with_dataset
-from vae_core.data import DataError, describe_datasets, load_dataset
-from vae_core.estimators import REGISTRY
+    from bench.suites import RunConfig, Suite
+    from bench.toy import ToyResult
 
 
 class UsageError(Exception):
@@ -40,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bench.toy import COSTS, TOY_ESTIMATORS  # numpy only: cheap at parse time
+
     parser = argparse.ArgumentParser(
         prog="python -m bench", description="Benchmark VAE gradient estimators."
     )
@@ -49,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(handler=cmd_list)
 
     run = commands.add_parser("run", help="train and measure every configuration of a suite")
-    run.add_argument("--suite", default="default", help=", ".join(make_suites()))
+    run.add_argument("--suite", default="default", help="a suite (`python -m bench list`)")
     run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     run.add_argument("--out", default="results", type=Path, help="output directory")
     run.add_argument("--resume", action="store_true", help="skip configurations already finished")
@@ -84,17 +89,91 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(handler=cmd_run)
 
-    report = commands.add_parser("report", help="summary.md and plots from runs.csv")
-    add_report_arguments(report)
-    report.set_defaults(handler=main_report)
+    report = commands.add_parser("report", help="summary.md, summary.csv and plots from DIR")
+    report.add_argument("--out", default="results", type=Path, help="results directory")
+    report.set_defaults(handler=cmd_report)
 
-    toy_parser = commands.add_parser("toy", help="Gaussian toy problem with exact answers")
-    toy.add_toy_arguments(toy_parser)
-    toy_parser.set_defaults(handler=toy.main_toy)
+    toy = commands.add_parser("toy", help="Gaussian toy problem with exact answers")
+    toy.add_argument("--cost", choices=COSTS, default="cos", help="cost f (default: cos)")
+    toy.add_argument("--k", type=float, default=2.0, help="cost parameter k (default: 2)")
+    toy.add_argument("--mu", type=float, default=1.0, help="mean μ (default: 1)")
+    toy.add_argument("--sigma", type=float, default=1.0, help="std σ > 0 (default: 1)")
+    toy.add_argument("--draws", type=int, default=100_000, help="draws, >= 2 (default: 1e5)")
+    toy.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default: 0)")
+    toy.add_argument(
+        "--estimators",
+        default=",".join(TOY_ESTIMATORS),
+        help=f"comma-separated subset of {','.join(TOY_ESTIMATORS)} (default: all)",
+    )
+    toy.add_argument("--json", action="store_true", help="print a JSON list, not a table")
+    toy.add_argument(
+        "--out",
+        default=None,
+        type=Path,
+        help="instead: write the report's toy figure data (every cost, k and estimator at "
+        "μ = σ = 1, exact and empirical) to OUT/toy.csv",
+    )
+    toy.set_defaults(handler=cmd_toy)
     return parser
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """summary.md, summary.csv and plots from DIR; 2 (one line on stderr) without runs."""
+    from bench.report import NoRunsError, write_report
+
+    out = Path(args.out)
+    try:
+        written = write_report(out)
+    except NoRunsError:
+        print(
+            f"no runs.csv in {out}: run `make bench` or `python -m bench run ...` first",
+            file=sys.stderr,
+        )
+        return 2
+    except ValueError as error:
+        print(f"error: malformed results in {out}: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {written[0]} and {len(written) - 1} other files in {out}")
+    return 0
+
+
+def cmd_toy(args: argparse.Namespace) -> int:
+    """One toy problem's moments (a table or JSON), or with --out the report's figure data."""
+    from bench import toy
+
+    if args.out is not None:
+        check_writable(args.out)
+        print(f"wrote {toy.write_figure_data(args.out)}")
+        return 0
+    estimators = [name.strip() for name in args.estimators.split(",") if name.strip()]
+    try:
+        results = toy.run_toy(
+            args.cost, args.k, args.mu, args.sigma, args.draws, args.seed, estimators
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps([asdict(r) for r in results]) if args.json else toy_table(results))
+    return 0
+
+
+def toy_table(results: list[ToyResult]) -> str:
+    """Fixed-width table: one row per (estimator, param), empirical beside exact."""
+    columns = ("estimator", "param", "mean", "exact_mean", "variance", "exact_variance")
+    header = f"{columns[0]:<16}{columns[1]:<7}" + "".join(f"{c:>16}" for c in columns[2:])
+    lines = [header, "-" * len(header)]
+    for r in results:
+        numbers = (r.mean, r.exact_mean, r.variance, r.exact_variance)
+        cells = "".join(f"{'-':>16}" if x is None else f"{x:>16.6g}" for x in numbers)
+        lines.append(f"{r.estimator:<16}{r.param:<7}{cells}")
+    return "\n".join(lines)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
+    from bench.suites import MODELS, make_suites
+    from vae_core.data import describe_datasets
+    from vae_core.estimators import REGISTRY
+
     print("Estimators (name: supported KL modes, minimum K — what it computes)")
     for name, cls in REGISTRY.items():
         kl = "/".join(cls.kl_modes)
@@ -117,6 +196,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name not in ("cpu", "cuda"):
@@ -137,6 +218,10 @@ def check_writable(out: Path) -> None:
 
 def select_suite(args: argparse.Namespace) -> tuple[Suite, object]:
     """The suite (filtered by --estimators) and its data set, with fallbacks explained."""
+    from bench.suites import get_suite, with_dataset
+    from vae_core.data import DataError, load_dataset
+    from vae_core.estimators import REGISTRY
+
     try:
         suite = get_suite(args.suite)
     except ValueError as err:
@@ -161,19 +246,6 @@ def select_suite(args: argparse.Namespace) -> tuple[Suite, object]:
         suite = with_dataset(suite, "mnist5k")
         data = load_dataset("mnist5k")
     return suite, data
-
-
-def write_environment(path: Path, record: dict[str, object], keep_history: bool) -> None:
-    """env.json describes the latest command; with `keep_history` (--resume), the earlier ones
-    whose rows stay in runs.csv are kept, oldest first, under "history"."""
-    if keep_history and path.exists():
-        try:
-            previous = json.loads(path.read_text())
-        except ValueError:
-            previous = {}
-        if isinstance(previous, dict) and previous:
-            record["history"] = [*previous.pop("history", []), previous]
-    path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def resolve_placement(args: argparse.Namespace, device: torch.device) -> tuple[int, int]:
@@ -205,6 +277,8 @@ def resolve_gpus_per_run(args: argparse.Namespace) -> float:
 
 def resolve_ray_device(name: str, gpus_per_run: float) -> torch.device:
     """Ray runs use CUDA exactly when they hold GPUs: the driver may have none itself."""
+    import torch
+
     if name not in ("auto", "cpu", "cuda"):
         raise UsageError(f"unknown device {name!r}; valid: auto, cpu, cuda")
     if name == "cuda" and not gpus_per_run:
@@ -245,6 +319,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from bench.cost import cost_pass
+    from bench.environment import environment_record, write_environment
     from bench.execution import pinned_threads, train
     from bench.results import ResultsExistError, RunsFile, row_key
     from bench.runner import StepCallback, estimator_facts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import platform
 import subprocess
 import sys
@@ -61,3 +62,16 @@ def environment_record(device: torch.device, suite: str, argv: list[str]) -> dic
         "python": sys.version.split()[0],
         "platform": platform.platform(),
     }
+
+
+def write_environment(path: Path, record: dict[str, object], keep_history: bool) -> None:
+    """env.json describes the latest command; with `keep_history` (--resume), the earlier ones
+    whose rows stay in runs.csv are kept, oldest first, under "history"."""
+    if keep_history and path.exists():
+        try:
+            previous = json.loads(path.read_text())
+        except ValueError:
+            previous = {}
+        if isinstance(previous, dict) and previous:
+            record["history"] = [*previous.pop("history", []), previous]
+    path.write_text(json.dumps(record, indent=2) + "\n")

@@ -1,4 +1,7 @@
-"""runs.csv: long-format rows, appended one whole configuration at a time, and resuming from it.
+"""The results directory's files, written and read here only: runs.csv (long-format rows,
+appended one whole configuration at a time, and resuming from it), estimators.csv and
+placements.csv. The harness writes them; the report reads them as typed frames (`load_runs`,
+`load_facts`) without importing torch or the estimator code.
 
 One row per measurement: `dataset, model, estimator, kl, k, beta, device, seed, step, metric,
 value` (`beta` is the KL weight of a β-VAE run).
@@ -25,12 +28,19 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bench.suites import RunConfig
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from bench.suites import RunConfig
+
+log = logging.getLogger(__name__)
 
 COLUMNS = (
     "dataset",
@@ -48,7 +58,8 @@ COLUMNS = (
 KEY_COLUMNS = COLUMNS[:8]
 KEY = len(KEY_COLUMNS)
 STEP, METRIC, VALUE = (COLUMNS.index(c) for c in ("step", "metric", "value"))
-WITHOUT_BETA = tuple(c for c in COLUMNS if c != "beta")  # the format before β-VAE runs
+INTEGER_COLUMNS = ("k", "seed", "step")
+FLOAT_COLUMNS = ("beta",)
 COMPLETE = "run_complete"
 DIVERGED = "diverged"
 COST_COMPLETE = "cost_complete"
@@ -88,6 +99,10 @@ def row_key(config: RunConfig, device: str) -> RowKey:
 
 class ResultsExistError(FileExistsError):
     pass
+
+
+class NoRunsError(FileNotFoundError):
+    """DIR/runs.csv is absent or holds no measurements."""
 
 
 @dataclass(frozen=True)
@@ -215,17 +230,13 @@ class RunsFile:
 
 
 def read_rows(path: Path) -> list[tuple[str, ...]]:
-    """Data rows of a runs.csv (header checked), as tuples of strings. A file written before the
-    `beta` column existed is read with beta = 1; a torn last line (a killed run) is dropped."""
+    """Data rows of a runs.csv (header checked), as tuples of strings; a torn last line (a
+    killed run) is dropped."""
     with path.open(newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None:
             return []
-        if tuple(header) == WITHOUT_BETA:
-            at = COLUMNS.index("beta")
-            rows = [(*r[:at], "1", *r[at:]) for r in reader if len(r) == len(WITHOUT_BETA)]
-            return [tuple(r) for r in rows]
         if tuple(header) != COLUMNS:
             raise ValueError(f"{path} has columns {header}; expected {list(COLUMNS)}")
         return [tuple(row) for row in reader if len(row) == len(COLUMNS)]
@@ -248,3 +259,85 @@ def final_values(
             if seen is None or step >= seen[0]:
                 latest[r[:KEY]][r[METRIC]] = (step, float(r[VALUE]))
     return {key: {m: v for m, (_, v) in values.items()} for key, values in latest.items()}
+
+
+def load_runs(out_dir: Path) -> pd.DataFrame:
+    """DIR/runs.csv and DIR/gpu/runs.csv (if present) as one typed frame, COLUMNS in order.
+
+    Raises NoRunsError when DIR/runs.csv is absent or holds no rows, and ValueError naming the
+    file and what is wrong for other columns than COLUMNS or a non-numeric key. Rows cut short
+    (a line torn by a kill) are dropped; a non-finite `value` is kept as NaN (absent). When a
+    measurement repeats (a re-run), the row written last wins. `k`, `seed`, `step` are integers,
+    `beta` and `value` floats; sorted by configuration, step and metric.
+    """
+    import numpy as np
+    import pandas as pd
+
+    out_dir = Path(out_dir)
+    path = out_dir / "runs.csv"
+    if not path.is_file():
+        raise NoRunsError(f"no runs.csv in {out_dir}")
+    paths = [path] + [p for p in [out_dir / "gpu" / "runs.csv"] if p.is_file()]
+    frames = []
+    for one in paths:
+        try:
+            frame = pd.read_csv(one, dtype=str, keep_default_na=False, na_values=[""])
+        except pd.errors.EmptyDataError:
+            continue
+        except pd.errors.ParserError as error:
+            first_line = str(error).strip().splitlines()[0]
+            raise ValueError(f"{one} is not a readable CSV: {first_line}") from error
+        if tuple(frame.columns) != COLUMNS:
+            raise ValueError(f"{one} has columns {list(frame.columns)}; expected {list(COLUMNS)}")
+        frames.append(frame)
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+    keys = [*KEY_COLUMNS, "step", "metric"]
+    cut = frame[keys].isna().any(axis=1)
+    if cut.any():
+        log.warning("dropping %d incomplete row(s) of %s", int(cut.sum()), path)
+        frame = frame[~cut].copy()
+    if frame.empty:
+        raise NoRunsError(f"{path} holds no measurements")
+    for column in INTEGER_COLUMNS + FLOAT_COLUMNS:
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        bad = ~np.isfinite(numbers)
+        if column in INTEGER_COLUMNS:
+            bad |= numbers != numbers.round()
+        if bad.any():
+            kind = "integers" if column in INTEGER_COLUMNS else "numbers"
+            example = frame.loc[bad, column].iloc[0]
+            raise ValueError(f"{path}: column {column} must hold {kind}, found {example!r}")
+        frame[column] = numbers.astype("int64" if column in INTEGER_COLUMNS else "float64")
+    value = pd.to_numeric(frame["value"], errors="coerce")
+    frame["value"] = value.where(np.isfinite(value))
+    frame = frame.drop_duplicates(subset=keys, keep="last")
+    return frame.sort_values(keys, kind="mergesort").reset_index(drop=True)
+
+
+def load_facts(out_dir: Path) -> pd.DataFrame:
+    """DIR/estimators.csv (and DIR/gpu/estimators.csv), one row per (estimator, k), FACT_COLUMNS
+    typed (`k`, `evaluations` integers, `biased` bool, '' references as None); ValueError when
+    absent, naming the command that writes it."""
+    import pandas as pd
+
+    paths = [p for p in (out_dir / "estimators.csv", out_dir / "gpu" / "estimators.csv")]
+    present = [p for p in paths if p.is_file()]
+    if not present:
+        raise ValueError(
+            f"no estimators.csv in {out_dir}: it is written by `python -m bench run` (with "
+            "--resume on finished results it trains nothing and writes it)"
+        )
+    frame = pd.concat(
+        [pd.read_csv(p, dtype=str, keep_default_na=False) for p in present], ignore_index=True
+    )
+    if tuple(frame.columns) != FACT_COLUMNS:
+        raise ValueError(
+            f"estimators.csv has columns {list(frame.columns)}; expected {list(FACT_COLUMNS)}"
+        )
+    frame = frame.drop_duplicates(subset=["estimator", "k"], keep="first")
+    frame["k"] = frame["k"].astype("int64")
+    frame["evaluations"] = frame["evaluations"].astype("int64")
+    frame["biased"] = frame["biased"] == "1"
+    for column in ("bias_reference", "variance_reference"):
+        frame[column] = frame[column].where(frame[column] != "", None)
+    return frame.set_index(["estimator", "k"]).sort_index()

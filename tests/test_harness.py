@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bench.__main__ import main
-from bench.results import COLUMNS, FACT_COLUMNS, KEY, METRIC, STEP, VALUE, RunsFile, read_rows
+from bench.results import COLUMNS, FACT_COLUMNS, KEY, METRIC, STEP, VALUE, read_rows
 from bench.runner import bias_reference, build_estimator, run_configuration
 from bench.suites import RunConfig, get_suite
 from vae_core.data import load_dataset
@@ -273,26 +273,18 @@ def test_divergence_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch, cap
     assert {"nll_test", "cost_complete"} <= {r[METRIC] for r in stl}
 
 
-def test_runs_csv_from_before_the_beta_column_resumes_with_beta_1(tmp_path):
+def test_runs_csv_with_other_columns_is_refused_naming_them(tmp_path, capsys):
+    """A runs.csv from before the beta column (or any other format) is not guessed at: resuming
+    into it exits 2 with the columns found and expected, and leaves it as it was."""
     old_columns = [c for c in COLUMNS if c != "beta"]
-    old_row = [
-        "mnist5k",
-        "mlp500",
-        "reparam",
-        "analytic",
-        "1",
-        "cpu",
-        "0",
-        "3",
-        "run_complete",
-        "1",
-    ]
     with (tmp_path / "runs.csv").open("w", newline="") as handle:
-        csv.writer(handle).writerows([old_columns, old_row])
-    runs, progress = RunsFile.open(tmp_path, resume=True, overwrite=False)
-    assert progress.trained == {("mnist5k", "mlp500", "reparam", "analytic", "1", "1", "cpu", "0")}
-    assert read_rows(runs.path) == [(*old_row[:5], "1", *old_row[5:])]
-    assert (tmp_path / "runs.csv").read_text().splitlines()[0] == ",".join(COLUMNS)
+        csv.writer(handle).writerow(old_columns)
+        csv.writer(handle).writerow(["mnist5k", "mlp500", "reparam", "analytic", "1", "cpu", "0"])
+    before = (tmp_path / "runs.csv").read_bytes()
+    assert main(["run", "--suite", "quick", "--out", str(tmp_path), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "has columns" in err and "expected" in err and "'beta'" in err
+    assert (tmp_path / "runs.csv").read_bytes() == before
 
 
 def test_same_command_gives_the_same_numbers_on_cpu():
@@ -357,7 +349,7 @@ def test_unwritable_output_is_refused(tmp_path, capsys):
 
 def test_report_reads_the_quick_suite_output(quick_results, capsys):
     """The report on what the harness just wrote: every estimator in summary.md, no NaN cell."""
-    assert main(["report", "--out", str(quick_results), "--no-toy"]) == 0
+    assert main(["report", "--out", str(quick_results)]) == 0
     summary = (quick_results / "summary.md").read_text()
     for name in {run.estimator for run in get_suite("quick").runs}:
         assert f"| {name}" in summary or f"| **{name}" in summary, name

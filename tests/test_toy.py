@@ -1,9 +1,9 @@
-"""Tests of the Gaussian toy problem (bench/toy.py): quadrature against closed forms, Monte Carlo
+"""Tests of the Gaussian toy problem (bench/toy/): quadrature against closed forms, Monte Carlo
 against quadrature by z-tests whose power is shown, and the CLI."""
 
 from __future__ import annotations
 
-import argparse
+import csv
 import functools
 import json
 import math
@@ -13,16 +13,14 @@ import pytest
 from scipy.special import dawsn
 
 from bench import toy
+from bench.__main__ import main, toy_table
 from bench.toy import (
     COSTS,
     PARAMS,
     TOY_ESTIMATORS,
     ToyResult,
-    add_toy_arguments,
     exact_central_moments,
     exact_moments,
-    format_table,
-    main_toy,
     run_toy,
     true_gradient,
 )
@@ -276,7 +274,7 @@ def test_bad_input_raises_value_error_naming_the_value(kwargs, message):
 
 def test_format_table_has_a_header_and_one_row_per_result():
     results = run_toy("cos", 2.0, 0.3, 0.8, draws=100, seed=0)
-    lines = format_table(results).splitlines()
+    lines = toy_table(results).splitlines()
     assert lines[0].split() == [
         "estimator", "param", "mean", "exact_mean", "variance", "exact_variance",
     ]  # fmt: skip
@@ -287,15 +285,13 @@ def test_format_table_has_a_header_and_one_row_per_result():
 # ------------------------------------------------------------------------------------- CLI
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bench toy")
-    add_toy_arguments(parser)
-    return parser.parse_args(argv)
+def main_toy(argv: list[str]) -> int:
+    return main(["toy", *argv])
 
 
 def test_cli_json_has_one_object_per_estimator_and_param(capsys):
     argv = "--cost cos --k 2 --mu 0.3 --sigma 0.8 --draws 1000 --seed 0 --json".split()
-    assert main_toy(parse(argv)) == 0
+    assert main_toy(argv) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 8
     keys = ["estimator", "param", "mean", "variance", "exact_mean", "exact_variance"]
@@ -307,7 +303,7 @@ def test_cli_json_has_one_object_per_estimator_and_param(capsys):
 
 
 def test_cli_prints_a_table_for_a_subset_of_estimators(capsys):
-    assert main_toy(parse(["--draws", "100", "--estimators", "score, pathwise"])) == 0
+    assert main_toy(["--draws", "100", "--estimators", "score, pathwise"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in lines[2:]] == [
         ["score", "mu"], ["score", "sigma"], ["pathwise", "mu"], ["pathwise", "sigma"],
@@ -324,7 +320,7 @@ def test_cli_prints_a_table_for_a_subset_of_estimators(capsys):
     ],
 )
 def test_cli_errors_exit_2_with_one_line_on_stderr(capsys, argv, message):
-    assert main_toy(parse(argv)) == 2
+    assert main_toy(argv) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith(message) and captured.err.count("\n") == 1
@@ -332,7 +328,26 @@ def test_cli_errors_exit_2_with_one_line_on_stderr(capsys, argv, message):
 
 def test_cli_rejects_unknown_cost_through_argparse(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        parse(["--cost", "tan"])
+        main_toy(["--cost", "tan"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'tan'" in capsys.readouterr().err
     assert set(COSTS) == {"square", "exp", "cos"}
+
+
+def test_figure_data_has_exact_curves_and_empirical_markers(tmp_path):
+    """toy.csv, which the report draws: every cost, parameter and estimator, exact variances on
+    each k grid equal to exact_moments', and empirical ones from run_toy at the marker k."""
+    path = toy.write_figure_data(tmp_path, draws=500, grid_points=4)
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r["cost"], r["param"], r["estimator"]) for r in rows} == {
+        (c, p, e) for c in COSTS for p in PARAMS for e in TOY_ESTIMATORS
+    }
+    exact = next(r for r in rows if r["source"] == "exact" and r["cost"] == "cos")
+    expected = exact_moments("cos", float(exact["k"]), 1.0, 1.0, exact["estimator"], exact["param"])
+    assert float(exact["variance"]) == expected[1]
+    marker = next(r for r in rows if r["source"] == "empirical" and r["estimator"] == "score")
+    again = run_toy(marker["cost"], float(marker["k"]), 1.0, 1.0, 500, 0)
+    assert float(marker["variance"]) == next(
+        r.variance for r in again if r.estimator == "score" and r.param == marker["param"]
+    )

@@ -1,8 +1,8 @@
-"""Plots of final metrics, mean over seeds: encoder gradient variance against seconds per
-gradient (with the efficient frontier), training throughput per device, analytic vs Monte Carlo
-KL for estimators run with both, and the encoder gradient MSE split into variance and bias².
-Variances are drawn with the 95% interval of their mean where runs.csv has their standard
-errors (`plots.variance_interval`)."""
+"""Plots of final metrics, mean over seeds: encoder gradient variance against seconds per gradient
+(with the efficient frontier; a colour per series, named in the legend), training throughput per
+device, analytic vs Monte Carlo KL for estimators run with both, and the encoder gradient MSE split
+into variance and bias². Variances are drawn with the 95% interval of their mean where runs.csv has
+their standard errors (`style.variance_interval`)."""
 
 from __future__ import annotations
 
@@ -12,55 +12,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.report.plots import (
+from bench.report.data import GROUP, ROW
+from bench.report.stats import pooled_se
+from bench.report.style import (
     SERIES,
     Look,
     error_bars,
     figure,
     figure_legend,
+    group_title,
+    log_limits,
+    log_ticks,
     save,
+    series_legend,
     series_of,
+    sig,
     variance_interval,
     where,
 )
-from bench.report.runs import GROUP, ROW, bias_reference_of
-from bench.report.stats import pooled_se
-from bench.report.tables import group_title, sig
-
-
-def _log_limits(set_limits, values: pd.Series, below: float, above: float) -> tuple[float, float]:
-    """Set log-axis limits around `values` with margins (fractions of the span in decades)."""
-    low, high = math.log10(values.min()), math.log10(values.max())
-    span = max(high - low, 0.3)
-    limits = (low - below * span, high + above * span)
-    set_limits(10.0 ** limits[0], 10.0 ** limits[1])
-    return limits
-
-
-def _tick_label(x: float, _position: object = None) -> str:
-    """Short tick labels: 0.05, 300, 2e-3, 1.5e6."""
-    if x == 0 or 1e-2 <= abs(x) < 1e4:
-        return f"{x:g}"
-    mantissa, exponent = f"{x:.1e}".split("e")
-    return f"{float(mantissa):g}e{int(exponent)}"
-
-
-def _log_ticks(axis, low: float, high: float) -> None:
-    """On a log axis spanning under two decades, fixed 1-2-5 (or finer) ticks with short labels."""
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
-
-    if not (0 < low <= high) or high / low >= 100:
-        return
-    decades = range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
-    for mantissas in ((1, 2, 5), (1, 1.5, 2, 3, 5, 7), (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8)):
-        ticks = [m * 10.0**e for e in decades for m in mantissas]
-        inside = [t for t in ticks if low / 1.3 <= t <= high * 1.3]
-        if len(inside) >= 3:
-            break
-    axis.set_major_locator(FixedLocator(ticks))
-    axis.set_major_formatter(FuncFormatter(_tick_label))
-    axis.set_minor_locator(NullLocator())
-    axis.set_minor_formatter(NullFormatter())
 
 
 def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -71,40 +40,6 @@ def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
             frontier.append((x, y))
             best = y
     return frontier
-
-
-def _label_series(
-    ax, panel: pd.DataFrame, look: Look, x_span: tuple[float, float], y_span: tuple[float, float]
-) -> None:
-    """One label per series, right of its rightmost point, nudged up off other labels.
-
-    `x_span`, `y_span`: the axes' log10 limits, to place labels in axes fractions.
-    """
-    anchors = []
-    for (estimator, k, beta), s in panel.groupby(SERIES, sort=True):
-        r = s.loc[s["grad_seconds"].idxmax()]
-        x, y = r["grad_seconds"], r["grad_var_encoder"]
-        fx = (math.log10(x) - x_span[0]) / (x_span[1] - x_span[0])
-        fy = (math.log10(y) - y_span[0]) / (y_span[1] - y_span[0])
-        anchors.append((fy, fx, x, y, look.label(estimator, k, beta), estimator))
-    placed: list[tuple[float, float]] = []
-    for fy, fx, x, y, label, estimator in sorted(anchors):
-        ty = fy
-        while any(abs(fx - px) < 0.3 and abs(ty - py) < 0.055 for px, py in placed):
-            ty += 0.01
-        placed.append((fx, ty))
-        ax.annotate(
-            label,
-            (x, y),
-            xytext=(fx + 0.025, ty),
-            textcoords="axes fraction",
-            va="center",
-            fontsize=8.5,
-            color=np.array(look.colour[estimator]) * 0.75,
-            arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6, "shrinkB": 4}
-            if ty - fy > 0.02
-            else None,
-        )
 
 
 def plot_variance_cost(finals: pd.DataFrame, look: Look, path: Path) -> Path | None:
@@ -157,21 +92,20 @@ def plot_variance_cost(finals: pd.DataFrame, look: Look, path: Path) -> Path | N
                 ax.plot(fx, fy, color="0.4", ls=":", lw=1.2, zorder=2, drawstyle="steps-post")
             ax.set_xscale("log")
             ax.set_yscale("log")
-            x_span = _log_limits(ax.set_xlim, panel["grad_seconds"], 0.1, 0.35)
+            log_limits(ax.set_xlim, panel["grad_seconds"], 0.1, 0.1)
             variances = pd.concat([panel["grad_var_encoder"], bars["low"], bars["high"]])
-            y_span = _log_limits(ax.set_ylim, variances, 0.08, 0.08)
-            _log_ticks(ax.xaxis, panel["grad_seconds"].min(), panel["grad_seconds"].max())
-            _log_ticks(ax.yaxis, variances.min(), variances.max())
-            _label_series(ax, panel, look, x_span, y_span)
+            log_limits(ax.set_ylim, variances, 0.08, 0.08)
+            log_ticks(ax.xaxis, panel["grad_seconds"].min(), panel["grad_seconds"].max())
+            log_ticks(ax.yaxis, variances.min(), variances.max())
             ax.set_title(f"{group_title(group)} — {device}")
             ax.set_xlabel("time per gradient estimate (s)")
             ax.set_ylabel("final enc. gradient variance (nats²)" if j == 0 else "")
-    handles = [
+    extra = [
         Line2D([], [], color="0.3", ls="", marker=look.marker[kl], label=f"KL {kl}")
         for kl in sorted(set(points["kl"]))
     ]
-    handles.append(Line2D([], [], color="0.4", ls=":", label="efficient frontier"))
-    figure_legend(fig, handles)
+    extra.append(Line2D([], [], color="0.4", ls=":", label="efficient frontier"))
+    series_legend(fig, look, points, extra)
     fig.suptitle(
         "Variance against cost: lower left is better\n(mean over seeds; bars: 95% interval of "
         "the variance, from the R draws)"
@@ -374,7 +308,7 @@ def _draw_bias_panel(ax, panel: pd.DataFrame, look: Look, several_kl: bool) -> N
     values = values[values > 0]
     low, high = math.log10(values.min()), math.log10(values.max())
     below = max(1.0, 0.15 * (high - low)) / max(high - low, 0.3)
-    x_span = _log_limits(ax.set_xlim, values, below, 0.3)
+    x_span = log_limits(ax.set_xlim, values, below, 0.3)
     floor = 10.0 ** x_span[0]
     height = 0.38
     labels = []
@@ -416,9 +350,12 @@ def _draw_bias_panel(ax, panel: pd.DataFrame, look: Look, several_kl: bool) -> N
     ax.set_xlabel("final encoder gradient error (nats², log)")
 
 
-def plot_bias_variance(finals: pd.DataFrame, look: Look, path: Path) -> Path | None:
+def plot_bias_variance(
+    finals: pd.DataFrame, references: dict[str, str | None], look: Look, path: Path
+) -> Path | None:
     """Final encoder gradient MSE split into variance and bias², per row key, in each (dataset,
-    model) with bias measurements; None when no run has them."""
+    model) with bias measurements (titled with the unbiased `references` of its biased
+    estimators, by estimator); None when no run has them."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -432,7 +369,7 @@ def plot_bias_variance(finals: pd.DataFrame, look: Look, path: Path) -> Path | N
         panel = where(points, dataset=group[0], model=group[1])
         _draw_bias_panel(axes[i, 0], panel, look, panel["kl"].nunique() > 1)
         biased = panel.dropna(subset=["bias"])["estimator"]
-        against = "/".join(sorted({name for e in biased if (name := bias_reference_of(e))}))
+        against = "/".join(sorted({name for e in biased if (name := references.get(e))}))
         axes[i, 0].set_title(f"{group_title(group)} — bias² against {against or 'a reference'}")
     handles = [
         Patch(facecolor="0.55", edgecolor="white", label="variance"),

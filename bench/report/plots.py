@@ -1,232 +1,105 @@
-"""The look shared by the report's plots: one seaborn theme, a colour per estimator (shaded by K
-and β; distinct within each (dataset, model)) and a marker per KL mode, figures on the Agg canvas
-saved without metadata (byte-identical when redrawn), and the small helpers every plot uses."""
+"""The report's plots, one list: each with its file name, what it draws from the loaded results,
+its caption in summary.md, and why it is skipped when its data is absent."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
-from bench.report.runs import GROUP, format_beta
-from bench.report.stats import log_interval, pooled_se
-
-DPI = 120
-WIDTH = 8.5  # inches: 1020 px at DPI, legible when a README scales it to ~700 px
-LEGEND_COLUMNS = 5  # at most, in a figure legend
-
-
-def theme() -> dict[str, object]:
-    """rcParams of the report's one theme: seaborn whitegrid/notebook, fixed dpi and fonts."""
-    import seaborn as sns
-
-    rc = dict(sns.axes_style("whitegrid"))
-    rc.update(sns.plotting_context("notebook", font_scale=0.9))
-    rc.update(
-        {
-            "figure.dpi": DPI,
-            "savefig.dpi": DPI,
-            "font.family": "DejaVu Sans",
-            "legend.frameon": False,
-            "axes.titlesize": 11,
-            "figure.titlesize": 12,
-        }
-    )
-    return rc
+from bench.report.data import Results
+from bench.report.final_plots import (
+    plot_bias_variance,
+    plot_kl_modes,
+    plot_throughput,
+    plot_variance_cost,
+)
+from bench.report.style import Look
+from bench.report.sweep_plots import plot_rate_distortion, plot_snr_vs_k
+from bench.report.toy_plot import plot_toy
+from bench.report.training_plots import plot_elbo, plot_grad_var
 
 
-def palette(names: Iterable[str], name: str = "tab10") -> dict[str, tuple[float, float, float]]:
-    """A fixed colour per name: the palette assigned in sorted-name order."""
-    import seaborn as sns
-
-    names = sorted(set(names))
-    colours = sns.color_palette(name if len(names) <= 10 else "tab20", len(names))
-    return dict(zip(names, colours, strict=True))
-
-
-def section_palette(runs: pd.DataFrame) -> dict[str, tuple[float, float, float]]:
-    """A colour per estimator, distinct among the estimators of each (dataset, model) section.
-
-    `palette` (tab10 in sorted-name order) when there are at most 10 estimators, or when a
-    section has more; else tab10 assigned greedily, sections with most estimators first, each
-    estimator taking the first colour no estimator sharing a section with it has (so the largest
-    section keeps its sorted-name colours and sections with other estimators reuse them).
-    """
-    import seaborn as sns
-
-    names = sorted(set(runs["estimator"]))
-    sections = sorted(
-        (sorted(set(s)) for _, s in runs.groupby(GROUP)["estimator"]), key=lambda s: (-len(s), s)
-    )
-    if len(names) <= 10 or len(sections[0]) > 10:
-        return palette(names)
-    index: dict[str, int] = {}
-    for section in sections:
-        for name in section:
-            if name not in index:
-                taken = {index.get(o) for s in sections if name in s for o in s}
-                free = [i for i in range(10) if i not in taken]
-                if not free:
-                    return palette(names)
-                index[name] = free[0]
-    colours = sns.color_palette("tab10", 10)
-    return {name: colours[i] for name, i in sorted(index.items())}
+@dataclass(frozen=True)
+class Plot:
+    name: str  # plots/<name>.png
+    draw: Callable[[Results, Look, Path], Path | None]  # None: nothing to draw
+    caption: str
+    skip_reason: str
 
 
-Series = tuple[str, int, float]  # (estimator, K, β): one line, colour and label
-SERIES: list[str] = ["estimator", "k", "beta"]
+def bias_references(results: Results) -> dict[str, str | None]:
+    """Each estimator's unbiased bias reference (estimators.csv), for the bias plot's titles."""
+    return {e: results.any_fact(e, "bias_reference") for e in results.facts.index.unique(0)}
 
 
-class Look:
-    """Colour per estimator, marker per KL mode, and series labels: the estimator's name, plus
-    'K=k' where it ran with several K and 'β=b' where it ran with several β (or only with a
-    β other than 1); within an estimator, smaller (K, β) are drawn lighter."""
-
-    def __init__(self, runs: pd.DataFrame) -> None:
-        self.colour = section_palette(runs)
-        self.ks = {e: sorted(set(k)) for e, k in runs.groupby("estimator")["k"]}
-        self.betas = {e: sorted(set(b)) for e, b in runs.groupby("estimator")["beta"]}
-        self.shades = {
-            e: sorted(set(zip(s["k"], s["beta"], strict=True)))
-            for e, s in runs.groupby("estimator")
-        }
-        kls = sorted(set(runs["kl"]))
-        self.marker = {kl: "os^Dv"[i % 5] for i, kl in enumerate(kls)}
-
-    def label(self, estimator: str, k: int | None, beta: float | None = 1.0) -> str:
-        """'estimator', plus 'K=k' and 'β=b' where they vary; None leaves that part out."""
-        parts = [estimator]
-        if k is not None and len(self.ks[estimator]) > 1:
-            parts.append(f"K={k}")
-        if beta is not None and self.betas[estimator] != [1.0]:
-            parts.append(f"β={format_beta(beta)}")
-        return " ".join(parts)
-
-    def series_colour(self, estimator: str, k: int, beta: float | None = 1.0) -> tuple[float, ...]:
-        """The estimator's colour, lighter for smaller (K, β); beta=None: the darkest at K."""
-        base = np.array(self.colour[estimator])
-        shades = self.shades[estimator]
-        at_k = [i for i, (k_, b) in enumerate(shades) if k_ == k and beta in (None, b)]
-        index = at_k[-1] if at_k else len(shades) - 1
-        fade = 0.5 * (len(shades) - 1 - index) / max(1, len(shades) - 1)
-        return tuple(base + (1.0 - base) * fade)
-
-
-def figure(nrows: int, ncols: int, row_height: float | Sequence[float]):
-    """A constrained-layout Figure on the Agg canvas (no pyplot state) and a 2-D axes array;
-    `row_height` in inches, one for every row or one per row."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    heights = [row_height] * nrows if np.ndim(row_height) == 0 else list(row_height)
-    fig = Figure(figsize=(WIDTH, sum(heights) + 0.6), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(nrows, ncols, squeeze=False, height_ratios=heights)
-
-
-def save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI, metadata={"Software": None})
-    return path
-
-
-def where(frame: pd.DataFrame, **equal: object) -> pd.DataFrame:
-    """Rows of `frame` whose columns equal the given values."""
-    mask = np.ones(len(frame), dtype=bool)
-    for column, value in equal.items():
-        mask &= (frame[column] == value).to_numpy()
-    return frame[mask]
-
-
-def variance_interval(wide: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
-    """Per `by` group of `wide` (a row per configuration, a column per metric): the mean over
-    seeds of the gradient variance `metric` (grad_var_G) and its 95% interval `low`, `high`
-    (`stats.log_interval` with the mean's standard error √(Σ se²)/n from the grad_var_se_G
-    column; NaN where a seed lacks it, or runs.csv predates it)."""
-    values = wide.dropna(subset=[metric])
-    se = f"grad_var_se_{metric.removeprefix('grad_var_')}"
-    errors = values[se] if se in values else pd.Series(np.nan, index=values.index)
-    groups = values.assign(_se=errors).groupby(by, sort=True)
-    result = pd.DataFrame({"mean": groups[metric].mean(), "se": groups["_se"].agg(pooled_se)})
-    result["low"], result["high"] = log_interval(result["mean"], result["se"])
-    return result.drop(columns="se")
-
-
-def error_bars(
-    frame: pd.DataFrame, value: str = "mean", low: str = "low", high: str = "high"
-) -> np.ndarray:
-    """[below, above]: the distances from column `value` to columns `low` and `high`, as
-    matplotlib's errorbar takes them."""
-    return np.array([frame[value] - frame[low], frame[high] - frame[value]])
-
-
-def series_of(frame: pd.DataFrame) -> list[Series]:
-    """The sorted (estimator, K, β) triples present in `frame`: one colour and label each."""
-    columns = (frame["estimator"], frame["k"], frame["beta"])
-    return sorted({(e, int(k), float(b)) for e, k, b in zip(*columns, strict=True)})
-
-
-def series_legend(fig, look: Look, frame: pd.DataFrame, extra=()) -> None:
-    """One figure legend: a colour per (estimator, K, β) series of `frame`, by (dataset, model)
-    section (see `section_legend`), then any `extra` handles."""
-    from matplotlib.lines import Line2D
-
-    sections = {
-        key: [
-            Line2D([], [], color=look.series_colour(*s), lw=2.5, label=look.label(*s))
-            for s in series_of(group)
-        ]
-        for key, group in frame.groupby(GROUP, sort=True)
-    }
-    section_legend(fig, sections, extra)
-
-
-def section_legend(fig, sections: dict[tuple[str, str], Sequence], extra: Sequence = ()) -> None:
-    """The figure's one legend below the panels, `sections` keyed by (dataset, model): with one
-    section its handles then `extra` (see `figure_legend`); with several, each section's handles
-    in whole columns under its title in bold (the model, with the dataset where several), as
-    colours repeat across sections; `extra` after the last one."""
-    from matplotlib.lines import Line2D
-
-    if len(sections) <= 1:
-        figure_legend(fig, [h for handles in sections.values() for h in handles] + list(extra))
-        return
-    several = len({dataset for dataset, _ in sections}) > 1
-    titles = [f"{d} / {m}" if several else m for d, m in sections]
-    blocks = [
-        [Line2D([], [], ls="", label=title), *handles]
-        for title, handles in zip(titles, sections.values(), strict=True)
-    ]
-    rows = _legend_rows(blocks)
-
-    def blank() -> Line2D:
-        return Line2D([], [], ls="", label=" ")
-
-    if extra and len(extra) < -len(blocks[-1]) % rows:  # room below the last section, spaced
-        blocks[-1] += [blank(), *extra]
-    elif extra:
-        blocks.append(list(extra))
-        rows = _legend_rows(blocks)
-    handles = []
-    for block in blocks:
-        handles += block + [blank() for _ in range(-len(block) % rows)]
-    legend = fig.legend(handles=handles, loc="outside lower center", ncol=len(handles) // rows)
-    for text in legend.get_texts():
-        if text.get_text() in titles:
-            text.set_fontweight("bold")
-
-
-def _legend_rows(blocks: Sequence[Sequence]) -> int:
-    """The fewest legend rows that fit `blocks`, each starting a column, in LEGEND_COLUMNS."""
-    rows = 1
-    while sum(math.ceil(len(b) / rows) for b in blocks) > LEGEND_COLUMNS:
-        rows += 1
-    return rows
-
-
-def figure_legend(fig, handles: Sequence) -> None:
-    """The figure's one legend, in rows below the panels."""
-    rows = math.ceil(len(handles) / LEGEND_COLUMNS)
-    fig.legend(handles=handles, loc="outside lower center", ncol=math.ceil(len(handles) / rows))
+PLOTS: tuple[Plot, ...] = (
+    Plot(
+        "grad_var_encoder",
+        lambda r, look, path: plot_grad_var(r.primary, look, path),
+        "Encoder gradient variance vs training step, per KL mode (band: seed range; bars: 95% "
+        "interval of the mean over seeds, from the standard errors of the draws).",
+        "no grad_var_encoder measurements",
+    ),
+    Plot(
+        "elbo_test",
+        lambda r, look, path: plot_elbo(r.primary, r.primary_finals, look, path),
+        "Test ELBO vs training step and vs training wall-clock time (the standard K = 1 ELBO, "
+        "also for models trained on an IWAE bound).",
+        "no elbo_test measurements",
+    ),
+    Plot(
+        "variance_cost",
+        lambda r, look, path: plot_variance_cost(r.finals, look, path),
+        "Final encoder gradient variance (bars: 95% interval) vs seconds per gradient: the "
+        "efficient frontier.",
+        "no finished run with grad_var_encoder and grad_seconds",
+    ),
+    Plot(
+        "throughput",
+        lambda r, look, path: plot_throughput(r.finals, look, path),
+        "Training throughput per estimator and device.",
+        "no finished run with a throughput measurement",
+    ),
+    Plot(
+        "kl_modes",
+        lambda r, look, path: plot_kl_modes(r.primary_finals, look, path),
+        "Analytic vs Monte Carlo KL for the same estimators (variance bars: 95% interval).",
+        "no estimator was run with more than one KL mode",
+    ),
+    Plot(
+        "snr_vs_k",
+        lambda r, look, path: plot_snr_vs_k(r.primary, r.primary_finals, look, path),
+        "Encoder and decoder gradient SNR vs the number of samples K, per multi-sample "
+        "estimator, first at step 0, where every K of a seed has the same parameters and "
+        "minibatch (Rainforth et al. (2018) predict, for IWAE at fixed parameters, encoder SNR "
+        "falling as O(1/√K) and decoder SNR rising as O(√K)), then at the end of training, where "
+        "each K has its own trained model. Hollow markers: the SNR cannot be told from the noise "
+        "floor (grey band: floor ± 2 sd, the SNR of the same draws for a zero true gradient).",
+        "no estimator was run with two or more values of K (with snr_encoder or snr_decoder "
+        "measured)",
+    ),
+    Plot(
+        "rate_distortion",
+        lambda r, look, path: plot_rate_distortion(r.primary_finals, look, path),
+        "Final distortion vs rate per estimator, KL mode, K and β, with iso-ELBO lines (rate + "
+        "distortion = −ELBO): where each estimator sits on the rate–distortion plane.",
+        "no finished run with rate_test and distortion_test",
+    ),
+    Plot(
+        "bias_variance",
+        lambda r, look, path: plot_bias_variance(r.primary_finals, bias_references(r), look, path),
+        "Final encoder gradient error per estimator, in the sections with a biased estimator: "
+        "variance (solid) and bias² (hatched, ± 1 standard error) side by side, and their sum, "
+        "the MSE (tick). Bias² is measured against draws of the unbiased reference estimator "
+        "and debiased, so it is ≤ 0 where no bias is detectable; such values are drawn as 0 (no "
+        "bar) on the log axis.",
+        "no finished run has bias measurements (grad_bias_encoder, recorded for biased estimators)",
+    ),
+    Plot(
+        "toy_variance",
+        lambda r, look, path: plot_toy(r.toy, path),
+        "Toy problem: estimator variance vs k for three costs, exact and empirical.",
+        "no toy.csv (written by `python -m bench toy --out DIR`, part of `make bench`)",
+    ),
+)

@@ -1,74 +1,56 @@
 """The toy-problem plot: Mohamed et al. (2020) Figs. 2–3, the variance of each single-draw
-gradient estimator of E_{x~N(μ,σ²)} f(x; k) against k, at μ = σ = 1."""
+gradient estimator of E_{x~N(μ,σ²)} f(x; k) against k, at μ = σ = 1, drawn from DIR/toy.csv
+(written by `python -m bench toy --out DIR`; nothing is computed here)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
+import pandas as pd
 
-from bench.report.plots import figure, figure_legend, palette, save
+from bench.report.style import figure, figure_legend, palette, save, where
 
-TOY_DRAWS = 20_000
-TOY_SEED = 0
-# Per cost: the k grid of the exact curves, the k of the empirical markers, the x scale.
-TOY_K_GRIDS = {
-    "square": (np.linspace(-3.0, 3.0, 60), (-2.5, -1.0, 0.5, 2.0), "linear"),
-    "exp": (np.geomspace(0.05, 10.0, 60), (0.1, 0.5, 2.0, 8.0), "log"),
-    "cos": (np.geomspace(0.1, 10.0, 60), (0.2, 0.7, 2.0, 7.0), "log"),
-}
-TOY_SYMBOLS = {"mu": "μ", "sigma": "σ"}
-TOY_TITLES = {"square": "f(x) = (x − k)²", "exp": "f(x) = exp(−k x²)", "cos": "f(x) = cos(k x)"}
+SYMBOLS = {"mu": "μ", "sigma": "σ"}
 
 
-def plot_toy(path: Path) -> Path:
-    """Variance vs k, facets: parameter (μ, σ) × cost. Lines: exact variances by quadrature
-    (`toy.exact_moments`); markers: sample variances of TOY_DRAWS single-draw estimates
-    (`toy.run_toy`, seed TOY_SEED)."""
+def plot_toy(toy: pd.DataFrame | None, path: Path) -> Path | None:
+    """Variance vs k, facets: parameter × cost (in toy.csv's order). Lines: the exact variances
+    (source 'exact', by quadrature); markers: sample variances (source 'empirical'); a log k axis
+    where every k of the cost is positive. None without toy.csv."""
     from matplotlib.lines import Line2D
 
-    from bench import toy
-
-    mu = sigma = 1.0
-    colours = palette(toy.TOY_ESTIMATORS, "colorblind")
-    fig, axes = figure(len(toy.PARAMS), len(toy.COSTS), 3.0)
-    for j, cost in enumerate(toy.COSTS):
-        grid, marks, scale = TOY_K_GRIDS[cost]
-        empirical = {k: toy.run_toy(cost, float(k), mu, sigma, TOY_DRAWS, TOY_SEED) for k in marks}
-        for i, param in enumerate(toy.PARAMS):
+    if toy is None or toy.empty:
+        return None
+    costs = list(dict.fromkeys(toy["cost"]))
+    params = list(dict.fromkeys(toy["param"]))
+    estimators = list(dict.fromkeys(toy["estimator"]))
+    colours = palette(estimators, "colorblind")
+    fig, axes = figure(len(params), len(costs), 3.0)
+    for j, cost in enumerate(costs):
+        for i, param in enumerate(params):
             ax = axes[i, j]
-            top = 0.0
-            for estimator in toy.TOY_ESTIMATORS:
-                exact = np.array(
-                    [
-                        toy.exact_moments(cost, float(k), mu, sigma, estimator, param)[1]
-                        for k in grid
-                    ]
-                )
-                top = max(top, float(exact.max()))
-                ax.plot(grid, exact, color=colours[estimator], lw=1.8)
-                sample = [
-                    next(
-                        r.variance
-                        for r in empirical[k]
-                        if r.estimator == estimator and r.param == param
-                    )
-                    for k in marks
-                ]
-                ax.plot(marks, sample, "o", color=colours[estimator], ms=5, mec="white", mew=0.6)
+            panel = where(toy, cost=cost, param=param)
+            exact = panel[panel["source"] == "exact"]
+            for estimator in estimators:
+                line = where(exact, estimator=estimator)
+                marks = where(panel[panel["source"] == "empirical"], estimator=estimator)
+                colour = colours[estimator]
+                ax.plot(line["k"], line["variance"], color=colour, lw=1.8)
+                ax.plot(marks["k"], marks["variance"], "o", color=colour, ms=5, mec="w", mew=0.6)
             ax.set_yscale("log")
-            ax.set_ylim(bottom=max(ax.get_ylim()[0], 1e-4 * top))
-            ax.set_xscale(scale)
+            ax.set_ylim(bottom=max(ax.get_ylim()[0], 1e-4 * float(exact["variance"].max())))
+            ax.set_xscale("log" if (panel["k"] > 0).all() else "linear")
             if i == 0:
-                ax.set_title(TOY_TITLES[cost])
-            if i == len(toy.PARAMS) - 1:
+                ax.set_title(str(panel["formula"].iloc[0]))
+            if i == len(params) - 1:
                 ax.set_xlabel("cost parameter k")
             if j == 0:
-                ax.set_ylabel(f"variance of ∂F/∂{TOY_SYMBOLS[param]} estimate")
-    handles = [Line2D([], [], color=colours[e], lw=2, label=e) for e in toy.TOY_ESTIMATORS]
+                ax.set_ylabel(f"variance of ∂F/∂{SYMBOLS.get(param, param)} estimate")
+    draws = int(toy.loc[toy["source"] == "empirical", "draws"].max())
+    handles = [Line2D([], [], color=colours[e], lw=2, label=e) for e in estimators]
     handles += [
         Line2D([], [], color="0.3", lw=1.8, label="exact (quadrature)"),
-        Line2D([], [], color="0.3", ls="", marker="o", label=f"empirical ({TOY_DRAWS:,} draws)"),
+        Line2D([], [], color="0.3", ls="", marker="o", label=f"empirical ({draws:,} draws)"),
     ]
     figure_legend(fig, handles)
     fig.suptitle("Toy problem (Mohamed et al. 2020, Figs. 2–3): x ~ N(μ=1, σ=1)")

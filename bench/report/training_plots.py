@@ -11,18 +11,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.report.plots import (
+from bench.report.data import CONFIG, GROUP, ROW
+from bench.report.style import (
     SERIES,
     Look,
     error_bars,
     figure,
+    group_title,
     save,
     series_legend,
+    symlog_x,
     variance_interval,
     where,
 )
-from bench.report.runs import CONFIG, DIVERGED, GROUP, ROW
-from bench.report.tables import group_title
+from bench.results import DIVERGED
 
 TITLE_CHARACTERS = 85  # a figure title line wider than this is cut off at WIDTH
 
@@ -38,7 +40,7 @@ def _seed_curves(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 def _variance_curves(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     """`_seed_curves` of a gradient variance with `low`, `high`: the 95% interval of the mean
-    over seeds at each checkpoint (`plots.variance_interval`)."""
+    over seeds at each checkpoint (`style.variance_interval`)."""
     wanted = frame[
         frame["metric"].isin([metric, f"grad_var_se_{metric.removeprefix('grad_var_')}"])
     ]
@@ -48,16 +50,6 @@ def _variance_curves(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     interval = variance_interval(wide.reset_index(), ROW + ["step"], metric)
     curves = _seed_curves(frame, metric)
     return curves.join(interval[["low", "high"]], on=ROW + ["step"])
-
-
-def _symlog_x(ax, values: np.ndarray) -> None:
-    """Log-like x axis that keeps 0: linear below the smallest positive value's decade."""
-    if not values.size:
-        return
-    positive = values[values > 0]
-    threshold = 10.0 ** math.floor(math.log10(positive.min())) if positive.size else 1.0
-    ax.set_xscale("symlog", linthresh=threshold, linscale=0.4)
-    ax.set_xlim(0, max(float(values.max()), threshold) * 1.15)
 
 
 def plot_grad_var(runs: pd.DataFrame, look: Look, path: Path) -> Path | None:
@@ -92,7 +84,7 @@ def plot_grad_var(runs: pd.DataFrame, look: Look, path: Path) -> Path | None:
                     colour = look.series_colour(r.estimator, r.k, r.beta)
                     ax.plot(c["step"].iloc[-1], c["mean"].iloc[-1], "x", color=colour, ms=9, mew=2)
             ax.set_yscale("log")
-            _symlog_x(ax, curves["step"].to_numpy())
+            symlog_x(ax, curves["step"].to_numpy())
             ax.set_title(f"{group_title(group)} — KL {kl}")
             ax.set_xlabel("training step (symlog)")
             ax.set_ylabel("enc. gradient variance (nats²)" if j == 0 else "")
@@ -149,7 +141,7 @@ def plot_elbo(runs: pd.DataFrame, finals: pd.DataFrame, look: Look, path: Path) 
                 colour = look.series_colour(*series)
                 ax.plot(c[x], c["mean"], color=colour, lw=1.8)
                 ax.fill_between(c[x], c["min"], c["max"], color=colour, alpha=0.2, lw=0)
-            _symlog_x(ax, in_group[x].dropna().to_numpy())
+            symlog_x(ax, in_group[x].dropna().to_numpy())
             ax.set_ylim(max(lowest - pad, floor), top + pad)
             ax.set_title(f"{dataset} / {model} — KL {kl}")
             ax.set_xlabel(
