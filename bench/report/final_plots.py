@@ -210,45 +210,7 @@ def plot_kl_modes(finals: pd.DataFrame, look: Look, path: Path) -> Path | None:
         series = series_of(panel)
         for j, metric in enumerate(needed):
             ax = axes[i, j]
-            for y, (estimator, k, beta) in enumerate(series):
-                s = where(panel, estimator=estimator, k=k, beta=beta)
-                s = s.dropna(subset=[metric]).sort_values("kl")
-                colour = look.series_colour(estimator, k, beta)
-                ax.plot(s[metric], [y] * len(s), color=colour, lw=2, alpha=0.6, zorder=2)
-                for r in s.itertuples():
-                    ax.scatter(
-                        getattr(r, metric),
-                        y,
-                        color=colour,
-                        marker=look.marker[r.kl],
-                        s=60,
-                        edgecolor="white",
-                        zorder=3,
-                    )
-                if metric == "grad_var_encoder":
-                    bars = s.dropna(subset=["low", "high"])
-                    ax.errorbar(
-                        bars[metric],
-                        [y] * len(bars),
-                        xerr=error_bars(bars, metric),
-                        fmt="none",
-                        ecolor="0.25",
-                        elinewidth=1,
-                        capsize=4,
-                        zorder=2.5,
-                    )
-                if len(s) == 2:
-                    a, b = s[metric].to_numpy()
-                    text = f"Δ {b - a:+.2f}" if metric == "elbo_test" else f"×{sig(b / a)}"
-                    right = s.reindex(columns=[metric, "high"]).max(axis=None)
-                    ax.annotate(
-                        text,
-                        (right, y),
-                        xytext=(8, 0),
-                        textcoords="offset points",
-                        va="center",
-                        fontsize=8.5,
-                    )
+            _kl_modes_panel(ax, panel, series, metric, look)
             if metric == "grad_var_encoder":
                 ax.set_xscale("log")
             ax.margins(x=0.2)
@@ -267,6 +229,50 @@ def plot_kl_modes(finals: pd.DataFrame, look: Look, path: Path) -> Path | None:
         f"Δ = {last} − {first} (nats), × = {last} ÷ {first}; bars: 95% interval of the variance"
     )
     return save(fig, path)
+
+
+def _kl_modes_panel(ax, panel: pd.DataFrame, series: list, metric: str, look: Look) -> None:
+    """One section's rows of `metric`: per series its KL modes on one line, the variance's 95%
+    interval as bars, and the change between the two modes (Δ for the ELBO, × for the variance)."""
+    for y, (estimator, k, beta) in enumerate(series):
+        s = where(panel, estimator=estimator, k=k, beta=beta)
+        s = s.dropna(subset=[metric]).sort_values("kl")
+        colour = look.series_colour(estimator, k, beta)
+        ax.plot(s[metric], [y] * len(s), color=colour, lw=2, alpha=0.6, zorder=2)
+        for r in s.itertuples():
+            ax.scatter(
+                getattr(r, metric),
+                y,
+                color=colour,
+                marker=look.marker[r.kl],
+                s=60,
+                edgecolor="white",
+                zorder=3,
+            )
+        if metric == "grad_var_encoder":
+            bars = s.dropna(subset=["low", "high"])
+            ax.errorbar(
+                bars[metric],
+                [y] * len(bars),
+                xerr=error_bars(bars, metric),
+                fmt="none",
+                ecolor="0.25",
+                elinewidth=1,
+                capsize=4,
+                zorder=2.5,
+            )
+        if len(s) == 2:
+            a, b = s[metric].to_numpy()
+            text = f"Δ {b - a:+.2f}" if metric == "elbo_test" else f"×{sig(b / a)}"
+            right = s.reindex(columns=[metric, "high"]).max(axis=None)
+            ax.annotate(
+                text,
+                (right, y),
+                xytext=(8, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=8.5,
+            )
 
 
 BIAS_COLUMNS = ("grad_var_encoder", "grad_bias_encoder", "grad_bias_se_encoder")

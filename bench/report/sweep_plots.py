@@ -210,50 +210,13 @@ def plot_rate_distortion(finals: pd.DataFrame, look: Look, path: Path) -> Path |
     left_out: dict[str, float] = {}
     drawn: dict[tuple, set[tuple[str, int]]] = {}  # per section, (estimator, K): a legend entry
     for i, group in enumerate(groups):
-        ax = axes[i, 0]
         panel = where(points, dataset=group[0], model=group[1])
         floor = _frame_floor(-panel["neg_elbo"].to_numpy())
         for r in panel[-panel["neg_elbo"] < floor].itertuples():
             label = look.label(r.estimator, r.k, r.beta)
             left_out[label] = max(-r.neg_elbo, left_out.get(label, -math.inf))
-        panel = panel[-panel["neg_elbo"] >= floor]
-        vary_beta = panel.groupby(["estimator", "kl", "k"])["beta"].nunique().max() > 1
-        for (estimator, kl, k), s in panel.groupby(["estimator", "kl", "k"], sort=True):
-            s = s.sort_values("beta")
-            drawn.setdefault(group, set()).add((estimator, int(k)))
-            if len(s) > 1:
-                ax.plot(
-                    s["rate_test"],
-                    s["distortion_test"],
-                    color=look.series_colour(estimator, k, None),
-                    lw=1.2,
-                    alpha=0.7,
-                    zorder=2,
-                )
-            for r in s.itertuples():
-                ax.scatter(
-                    r.rate_test,
-                    r.distortion_test,
-                    color=look.series_colour(estimator, k, r.beta),
-                    marker=look.marker[kl],
-                    s=55,
-                    edgecolor="white",
-                    linewidth=0.6,
-                    zorder=3,
-                )
-                if vary_beta and len(s) > 1:
-                    ax.annotate(
-                        f"β={format_beta(r.beta)}",
-                        (r.rate_test, r.distortion_test),
-                        xytext=(6, 4),
-                        textcoords="offset points",
-                        fontsize=8.5,
-                        color=np.array(look.colour[estimator]) * 0.75,
-                    )
-        _iso_elbo_lines(ax, panel)
-        ax.set_title(group_title(group))
-        ax.set_xlabel("rate KL(q‖p) (nats)")
-        ax.set_ylabel("distortion −E log p(x|z) (nats)")
+        drawn[group] = _rate_distortion_panel(axes[i, 0], panel[-panel["neg_elbo"] >= floor], look)
+        axes[i, 0].set_title(group_title(group))
     sections = {
         group: [
             Line2D(
@@ -283,6 +246,43 @@ def plot_rate_distortion(finals: pd.DataFrame, look: Look, path: Path) -> Path |
         title += ", …" if len(names) > 4 else ""
     fig.suptitle(title)
     return save(fig, path)
+
+
+def _rate_distortion_panel(ax, panel: pd.DataFrame, look: Look) -> set[tuple[str, int]]:
+    """One section's points (joined in order of β, each labelled with its β where β varies) and
+    iso-ELBO lines; returns the (estimator, K) drawn, one legend entry each."""
+    drawn = set()
+    vary_beta = panel.groupby(["estimator", "kl", "k"])["beta"].nunique().max() > 1
+    for (estimator, kl, k), s in panel.groupby(["estimator", "kl", "k"], sort=True):
+        s = s.sort_values("beta")
+        drawn.add((estimator, int(k)))
+        if len(s) > 1:
+            colour = look.series_colour(estimator, k, None)
+            ax.plot(s["rate_test"], s["distortion_test"], color=colour, lw=1.2, alpha=0.7, zorder=2)
+        for r in s.itertuples():
+            ax.scatter(
+                r.rate_test,
+                r.distortion_test,
+                color=look.series_colour(estimator, k, r.beta),
+                marker=look.marker[kl],
+                s=55,
+                edgecolor="white",
+                linewidth=0.6,
+                zorder=3,
+            )
+            if vary_beta and len(s) > 1:
+                ax.annotate(
+                    f"β={format_beta(r.beta)}",
+                    (r.rate_test, r.distortion_test),
+                    xytext=(6, 4),
+                    textcoords="offset points",
+                    fontsize=8.5,
+                    color=np.array(look.colour[estimator]) * 0.75,
+                )
+    _iso_elbo_lines(ax, panel)
+    ax.set_xlabel("rate KL(q‖p) (nats)")
+    ax.set_ylabel("distortion −E log p(x|z) (nats)")
+    return drawn
 
 
 def _iso_elbo_lines(ax, panel: pd.DataFrame) -> None:
