@@ -16,10 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
 
+    from bench.execution import Backend
+    from bench.runner import StepCallback
     from bench.suites import RunConfig, Suite
     from bench.toy import ToyResult
+    from vae_core.data import Dataset
 
 
 class UsageError(Exception):
@@ -195,13 +200,21 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, backend: str = "local", gpus_per_run: float = 0.0) -> torch.device:
+    """--device. Locally: auto = CUDA when this machine has it. On Ray, runs use CUDA exactly
+    when they hold GPUs (--gpus-per-run > 0): the driver may have none itself."""
     import torch
 
+    if name not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"unknown device {name!r}; valid: auto, cpu, cuda")
+    if backend == "ray":
+        if name == "cuda" and not gpus_per_run:
+            raise UsageError("--device cuda with --backend ray needs --gpus-per-run > 0")
+        if name == "cpu" and gpus_per_run:
+            raise UsageError("--device cpu contradicts --gpus-per-run > 0")
+        return torch.device("cuda" if gpus_per_run else "cpu")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise UsageError(f"unknown device {name!r}; valid: auto, cpu, cuda")
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda but torch sees no CUDA GPU; use --device cpu or auto")
     return torch.device(name)
@@ -275,20 +288,15 @@ def resolve_gpus_per_run(args: argparse.Namespace) -> float:
     return gpus
 
 
-def resolve_ray_device(name: str, gpus_per_run: float) -> torch.device:
-    """Ray runs use CUDA exactly when they hold GPUs: the driver may have none itself."""
-    import torch
-
-    if name not in ("auto", "cpu", "cuda"):
-        raise UsageError(f"unknown device {name!r}; valid: auto, cpu, cuda")
-    if name == "cuda" and not gpus_per_run:
-        raise UsageError("--device cuda with --backend ray needs --gpus-per-run > 0")
-    if name == "cpu" and gpus_per_run:
-        raise UsageError("--device cpu contradicts --gpus-per-run > 0")
-    return torch.device("cuda" if gpus_per_run else "cpu")
-
-
-def make_backend(args, data, device, workers, threads, gpus, progress):
+def make_backend(
+    args: argparse.Namespace,
+    data: Dataset,
+    device: torch.device,
+    workers: int,
+    threads: int,
+    gpus: float,
+    progress: Callable[[RunConfig], StepCallback],
+) -> Backend:
     """The local backend (inline for one worker, else a process pool) or a connected Ray one;
     a Ray cluster that cannot meet one run's request is a UsageError before anything runs."""
     from bench.execution import InlineBackend, PoolBackend
@@ -310,9 +318,9 @@ def make_backend(args, data, device, workers, threads, gpus, progress):
     except ray_backend.ClusterError as err:
         ray_backend.disconnect()
         raise UsageError(str(err)) from err
-    args.cluster = {name: resources.get(name, 0.0) for name in ("CPU", "GPU")}
+    cluster = {name: resources.get(name, 0.0) for name in ("CPU", "GPU")}
     in_flight = None if args.address is not None and args.workers == "auto" else workers
-    return ray_backend.RayBackend(data, args.data_dir, device, threads, gpus, in_flight)
+    return ray_backend.RayBackend(data, args.data_dir, device, threads, gpus, in_flight, cluster)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -322,18 +330,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.environment import environment_record, write_environment
     from bench.execution import pinned_threads, train
     from bench.results import ResultsExistError, RunsFile, row_key
-    from bench.runner import StepCallback, estimator_facts
+    from bench.runner import estimator_facts
 
     gpus = resolve_gpus_per_run(args)
-    if args.backend == "ray":
-        device = resolve_ray_device(args.device, gpus)
-    else:
-        device = resolve_device(args.device)
+    device = resolve_device(args.device, args.backend, gpus)
     workers, threads = resolve_placement(args, device)
     check_writable(args.out)
     suite, data = select_suite(args)
     try:
-        _, done = RunsFile.check(args.out, resume=args.resume, overwrite=args.overwrite)
+        kept, done = RunsFile.check(args.out, resume=args.resume, overwrite=args.overwrite)
     except (ResultsExistError, ValueError) as err:
         raise UsageError(str(err)) from err
     todo = [c for c in suite.runs if row_key(c, device.type) not in done.trained]
@@ -353,13 +358,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Connected (and a Ray cluster checked) before runs.csv is touched: a refusal loses nothing.
         backend = make_backend(args, data, device, workers, threads, gpus, progress)
         try:
-            runs, _ = RunsFile.open(args.out, resume=args.resume, overwrite=args.overwrite)
+            runs = RunsFile.open(args.out, kept, fresh=args.overwrite)
             runs.record_facts(estimator_facts(c) for c in suite.runs)
             record = environment_record(device, suite.name, args.argv)
             # Each run's torch threads, not the driver's; on Ray, the cluster's resources.
             record.update(threads=threads, workers=workers, backend=args.backend)
             if args.backend == "ray":
-                record.update(ray_address=args.address or "local", cluster=args.cluster)
+                record.update(ray_address=args.address or "local", cluster=backend.cluster)
             write_environment(args.out / "env.json", record, keep_history=args.resume)
             with pinned_threads(threads):
                 for finished in train(todo, backend, runs, device):

@@ -29,14 +29,12 @@ from bench.suites import RunConfig
 from vae_core.data import Dataset, load_dataset
 
 
-def placement_here(backend: str, device: torch.device, gpu_ids: str | None = None) -> Placement:
+def placement_here(backend: str, device: torch.device) -> Placement:
     """Where the calling process runs: host, process id, torch threads and, on CUDA, the GPU ids
-    (CUDA_VISIBLE_DEVICES when set, else the device index)."""
-    if gpu_ids is None:
-        gpu_ids = ""
-        if device.type == "cuda":
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-            gpu_ids = visible if visible else str(torch.cuda.current_device())
+    (CUDA_VISIBLE_DEVICES when set, as Ray sets it for a task's GPUs, else the device index)."""
+    gpu_ids = ""
+    if device.type == "cuda":
+        gpu_ids = os.environ.get("CUDA_VISIBLE_DEVICES") or str(torch.cuda.current_device())
     return Placement(backend, socket.gethostname(), os.getpid(), torch.get_num_threads(), gpu_ids)
 
 

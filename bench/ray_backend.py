@@ -12,6 +12,7 @@ runs use GPUs.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -37,20 +38,10 @@ class ClusterError(Exception):
     """The cluster cannot be reached, or cannot meet a run's resource request."""
 
 
-# A Ray worker process's data sets, loaded once per process (workers are reused across tasks).
-_DATA: dict[tuple[str, str | None], Dataset] = {}
-
-
+@functools.cache
 def _dataset(name: str, data_dir: str | None) -> Dataset:
-    if (name, data_dir) not in _DATA:
-        _DATA[name, data_dir] = load_dataset(name, data_dir=data_dir)
-    return _DATA[name, data_dir]
-
-
-def _gpu_ids() -> str:
-    import ray
-
-    return ",".join(str(i) for i in ray.get_gpu_ids())
+    """A data set, loaded once per Ray worker process (workers are reused across tasks)."""
+    return load_dataset(name, data_dir=data_dir)
 
 
 def _train_task(
@@ -60,7 +51,7 @@ def _train_task(
     thread count of its previous task)."""
     data, where = _dataset(dataset, data_dir), torch.device(device)
     result = pinned_task(config, data, where, threads)
-    return result, placement_here(BACKEND, where, _gpu_ids() if device == "cuda" else "")
+    return result, placement_here(BACKEND, where)
 
 
 def _cost_task(
@@ -69,7 +60,7 @@ def _cost_task(
     pin_threads(threads)
     where = torch.device(device)
     costs = measure_costs(configs, _dataset(dataset, data_dir), where)
-    return costs, placement_here(BACKEND, where, _gpu_ids() if device == "cuda" else "")
+    return costs, placement_here(BACKEND, where)
 
 
 def connect(address: str | None, num_cpus: int) -> dict[str, Any]:
@@ -119,9 +110,11 @@ class RayBackend:
         threads: int,
         gpus_per_run: float,
         workers: int | None,
+        cluster: dict[str, float],
     ) -> None:
         self.args = (data.name, data_dir, device.type, threads)
         self.threads, self.gpus, self.workers = threads, gpus_per_run, workers
+        self.cluster = cluster  # the cluster's CPU and GPU count, for env.json
 
     def run(self, configs: Sequence[RunConfig]) -> Iterator[Finished]:
         import ray

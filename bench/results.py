@@ -168,10 +168,9 @@ class RunsFile:
         return kept, progress
 
     @classmethod
-    def open(cls, out_dir: Path, resume: bool, overwrite: bool) -> tuple[RunsFile, Progress]:
-        """Prepare DIR/runs.csv (as `check`, then rewritten with the rows kept); returns the
-        writer and what is already done."""
-        kept, progress = cls.check(out_dir, resume, overwrite)
+    def open(cls, out_dir: Path, kept: Sequence[tuple[str, ...]], fresh: bool) -> RunsFile:
+        """Rewrite DIR/runs.csv with the rows `check` kept and return its writer; `fresh`
+        (--overwrite) also starts placements.csv and estimators.csv again."""
         path = out_dir / "runs.csv"
         tmp = path.with_suffix(".csv.tmp")
         with tmp.open("w", newline="") as handle:
@@ -182,11 +181,11 @@ class RunsFile:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         runs = cls(path)
-        if overwrite or not runs.placements.exists():
+        if fresh or not runs.placements.exists():
             runs.placements.write_text(",".join(PLACEMENT_COLUMNS) + "\n")
-        if overwrite:
+        if fresh:
             path.with_name("estimators.csv").unlink(missing_ok=True)
-        return runs, progress
+        return runs
 
     def record_facts(self, facts: Iterable[dict[str, object]]) -> None:
         """Add rows of FACT_COLUMNS to estimators.csv (replacing those of the same estimator and

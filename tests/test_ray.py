@@ -26,19 +26,19 @@ START_TIMEOUT = 120  # seconds for `ray start --head` to report the runtime star
 def run_bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """`python -m bench *args` in its own session, which is killed afterwards by its id: a local
     Ray instance's processes are the driver's descendants in that session."""
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "bench", *args],
-        cwd=ROOT,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    driver = in_own_session([sys.executable, "-m", "bench", *args], stderr=subprocess.PIPE)
     try:
         stdout, stderr = driver.communicate(timeout=timeout)
     finally:
         kill_session(driver.pid)
     return subprocess.CompletedProcess(driver.args, driver.returncode, stdout, stderr)
+
+
+def in_own_session(command: list[str], stderr: int) -> subprocess.Popen[str]:
+    """`command` started in a new session (so its process group id is its pid), text output."""
+    return subprocess.Popen(
+        command, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE, stderr=stderr, text=True
+    )
 
 
 def kill_session(pid: int) -> None:
@@ -58,14 +58,10 @@ def free_port() -> int:
 def head_node() -> Iterator[int]:
     """A one-node cluster of 2 CPUs from `ray start --head --block`, in its own session; yields
     the session's id and kills it (head, GCS, raylet, agents, workers) afterwards."""
-    head = subprocess.Popen(
+    head = in_own_session(
         [str(RAY), "start", "--head", "--block", "--num-cpus", "2", "--port", str(free_port())]
         + ["--include-dashboard=false", "--disable-usage-stats"],
-        cwd=ROOT,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
     )
     try:
         deadline = time.monotonic() + START_TIMEOUT
