@@ -314,8 +314,16 @@ def test_gaussian_estimator_refuses_a_binary_latent_model():
 
 
 def test_discrete_estimators_are_registered():
-    assert set(DISCRETE) == {"reinforce", "reinforce_loo", "arm", "disarm", "gumbel", "st_gumbel"}
-    assert {name for name in DISCRETE if REGISTRY[name].bias_reference} == set(BIASED)
+    assert set(DISCRETE) == {
+        "reinforce",
+        "reinforce_loo",
+        "arm",
+        "disarm",
+        "gumbel",
+        "st_gumbel",
+        "reinmax",
+    }
+    assert {name for name in DISCRETE if REGISTRY[name].bias_reference} == {*BIASED, "reinmax"}
 
 
 # Draw methods and evaluation ---------------------------------------------------------------------

@@ -73,6 +73,11 @@ class Estimator(nn.Module):
     # A biased estimator names an unbiased one of the same gradient; the harness measures the
     # bias against many draws of it.
     bias_reference: ClassVar[str | None] = None
+    # K is a dimension of the suites' grids (not just the estimator's smallest K): it changes the
+    # objective (the IWAE bound L_K) or the noise's point set (RQMC).
+    sweeps_particles: ClassVar[bool] = False
+    # The same estimator with i.i.d. noise, for one whose noise is not (RQMC): compared at equal K.
+    monte_carlo_counterpart: ClassVar[str | None] = None
 
     def __init__(
         self,

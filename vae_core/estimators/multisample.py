@@ -26,6 +26,7 @@ class MultiSampleEstimator(Estimator):
     """Shared pieces of the IWAE-bound estimators (not registered itself)."""
 
     objective = "iwae"
+    sweeps_particles = True
     kl_modes = ("mc",)
     unsupported_reason = {
         "analytic": "the IWAE bound needs per-sample log weights log p(x, z_k) − log q(z_k|x); "
