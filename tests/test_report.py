@@ -311,13 +311,13 @@ def test_variance_relative_to_reparam_with_the_same_kl(reported):
 @pytest.mark.parametrize(
     ("results", "without"),
     [
-        ("reported", ("snr_vs_k", "bias_variance")),
+        ("reported", ("snr_vs_k", "variance_vs_k", "bias_variance")),
         ("extended", ("toy_variance", "bias_variance")),
-        ("binary", ("snr_vs_k", "toy_variance")),
+        ("binary", ("snr_vs_k", "variance_vs_k", "toy_variance")),
     ],
 )
 def test_every_plot_with_data_is_written_and_non_empty(results, without, request):
-    """The base and binary runs have one K per estimator (no SNR-vs-K plot); only the binary
+    """The base and binary runs have one K per estimator (no plot against K); only the binary
     ones measure a bias; only the base results have the toy figure's data."""
     out, written = request.getfixturevalue(results)
     assert written[:2] == [out / "summary.md", out / "summary.csv"]
@@ -528,6 +528,7 @@ def test_sweep_plots_are_linked_when_drawn(extended):
     summary = (extended[0] / "summary.md").read_text()
     assert "Rainforth et al. (2018) predict" in summary
     assert "![snr_vs_k](plots/snr_vs_k.png)" in summary
+    assert "![variance_vs_k](plots/variance_vs_k.png)" in summary
     assert "![rate_distortion](plots/rate_distortion.png)" in summary
 
 
@@ -610,7 +611,7 @@ def test_report_on_the_quick_suite_output(tmp_path):
     for path in fixture.iterdir():
         (tmp_path / path.name).write_bytes(path.read_bytes())
     written = write_report(tmp_path)
-    assert len(written) == 2 + 7  # summary.md, summary.csv, all plots but snr_vs_k and the toy
+    assert len(written) == 2 + 7  # summary.md, summary.csv, all plots but the two vs-K and the toy
     summary = (tmp_path / "summary.md").read_text()
     rows = [row for row in table_rows(summary) if row[0] != "estimator"]  # two sections
     estimators = set(load_runs(tmp_path)["estimator"])

@@ -15,7 +15,7 @@ from bench.report.final_plots import (
     plot_variance_cost,
 )
 from bench.report.style import Look
-from bench.report.sweep_plots import plot_rate_distortion, plot_snr_vs_k
+from bench.report.sweep_plots import plot_rate_distortion, plot_snr_vs_k, plot_variance_vs_k
 from bench.report.toy_plot import plot_toy
 from bench.report.training_plots import plot_elbo, plot_grad_var
 
@@ -78,6 +78,15 @@ PLOTS: tuple[Plot, ...] = (
         "floor (grey band: floor ± 2 sd, the SNR of the same draws for a zero true gradient).",
         "no estimator was run with two or more values of K (with snr_encoder or snr_decoder "
         "measured)",
+    ),
+    Plot(
+        "variance_vs_k",
+        lambda r, look, path: plot_variance_vs_k(r.primary, r.primary_finals, look, path),
+        "Encoder gradient variance vs the number of samples K, per estimator run at two or more "
+        "K, at step 0 (every K of a seed has the same parameters and minibatch) and at the end of "
+        "training: Monte Carlo beside randomised QMC at equal K, with the Monte Carlo rate 1/K of "
+        "a fixed objective (the ELBO; the IWAE bound itself changes with K).",
+        "no estimator was run with two or more values of K (with grad_var_encoder measured)",
     ),
     Plot(
         "rate_distortion",

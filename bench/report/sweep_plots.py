@@ -1,6 +1,7 @@
-"""Plots across a swept setting, averaged over seeds: gradient SNR against the number of samples K
-at step 0 and at the end of training (Rainforth et al. 2018), and final distortion against rate
-across estimators and β (Alemi et al. 2018), with iso-ELBO lines."""
+"""Plots across a swept setting, averaged over seeds: gradient SNR and encoder gradient variance
+against the number of samples K at step 0 and at the end of training (Rainforth et al. 2018;
+Buchholz et al. 2018 for RQMC), and final distortion against rate across estimators and β
+(Alemi et al. 2018), with iso-ELBO lines."""
 
 from __future__ import annotations
 
@@ -63,12 +64,123 @@ def snr_points(runs: pd.DataFrame, finals: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
+def variance_points(runs: pd.DataFrame, finals: pd.DataFrame) -> pd.DataFrame:
+    """The points of the variance-vs-K plot, per phase (as `snr_points`) and row key whose line
+    (estimator, KL, β) has ≥ 2 values of K: `mean`, `min`, `max` over seeds of grad_var_encoder."""
+    metric = "grad_var_encoder"
+    start = runs[(runs["step"] == 0) & (runs["metric"] == metric)]
+    phases = {
+        "step 0": start.pivot_table("value", CONFIG, "metric", aggfunc="first"),
+        "final": finals,
+    }
+    parts = []
+    for phase, wide in phases.items():
+        if metric not in wide:
+            continue
+        values = wide[wide[metric] > 0]
+        points = values.groupby(ROW)[metric].agg(["mean", "min", "max"]).reset_index()
+        points = points[points.groupby(LINE)["k"].transform("nunique") > 1]
+        parts.append(points.assign(phase=phase))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def _k_axes(ax, ks: list[float], low: float, high: float) -> None:
+    """Log–log axes with a tick at every K run."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(ks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_major_formatter(FuncFormatter(tick_label))
+    log_ticks(ax.yaxis, low, high)
+    ax.set_xlim(min(ks) / 1.35, max(ks) * 1.35)
+    ax.set_xlabel("samples per example K (log)")
+
+
+def _line_handles(points: pd.DataFrame, look: Look) -> list:
+    """One legend entry per (estimator, KL, β) line."""
+    from matplotlib.lines import Line2D
+
+    lines = sorted({tuple(key) for key in points[LINE[2:]].drop_duplicates().to_numpy()})
+    several_kl = len({kl for _, kl, _ in lines}) > 1
+    return [
+        Line2D(
+            [],
+            [],
+            color=look.series_colour(estimator, max(look.ks[estimator]), beta),
+            marker=look.marker[kl],
+            lw=1.8,
+            label=look.label(estimator, None, beta) + (f" (KL {kl})" if several_kl else ""),
+        )
+        for estimator, kl, beta in lines
+    ]
+
+
+def _variance_panel(ax, panel: pd.DataFrame, look: Look) -> None:
+    """One panel: a line per (estimator, KL, β) with min–max bars over seeds, and the Monte Carlo
+    rate 1/K as a dashed guide from the geometric mean of the lines' variances at the smallest K."""
+    anchors = []
+    for (estimator, kl, beta), s in panel.groupby(["estimator", "kl", "beta"], sort=True):
+        s = s.sort_values("k")
+        colour = look.series_colour(estimator, int(s["k"].max()), beta)
+        ax.errorbar(
+            s["k"],
+            s["mean"],
+            error_bars(s, low="min", high="max"),
+            color=colour,
+            marker=look.marker[kl],
+            lw=1.8,
+            capsize=3,
+            zorder=2,
+        )
+        anchors.append((float(s["k"].iloc[0]), float(s["mean"].iloc[0])))
+    ks = sorted(set(panel["k"]))
+    k0 = min(k for k, _ in anchors)
+    y0 = float(np.exp(np.mean([np.log(y) for k, y in anchors if k == k0])))
+    grid = np.geomspace(k0, max(ks), 20)
+    ax.plot(grid, y0 * k0 / grid, color="0.3", ls="--", lw=1.2, zorder=4)
+    _k_axes(ax, ks, panel["min"].min(), panel["max"].max())
+    ax.set_ylabel("encoder gradient variance (log)")
+
+
+def plot_variance_vs_k(
+    runs: pd.DataFrame, finals: pd.DataFrame, look: Look, path: Path
+) -> Path | None:
+    """Encoder gradient variance vs K (`variance_points`), one line per (estimator, KL, β) run with
+    ≥ 2 values of K; facet rows (dataset, model), columns phase (step 0, final); None without
+    such a line."""
+    from matplotlib.lines import Line2D
+
+    points = variance_points(runs, finals)
+    if points.empty:
+        return None
+    sections = sorted(points.groupby(GROUP).groups)
+    fig, axes = figure(len(sections), len(PHASES), 3.4)
+    for i, section in enumerate(sections):
+        for j, phase in enumerate(PHASES):
+            dataset, model = section
+            panel = where(points, dataset=dataset, model=model, phase=phase)
+            if panel.empty:
+                axes[i, j].set_axis_off()
+                continue
+            _variance_panel(axes[i, j], panel, look)
+            axes[i, j].set_title(f"{group_title(section)}\n{PHASES[phase]}")
+    handles = _line_handles(points, look)
+    handles.append(Line2D([], [], color="0.3", ls="--", lw=1.2, label="Monte Carlo rate: 1/K"))
+    figure_legend(fig, handles)
+    fig.suptitle(
+        "Encoder gradient variance vs K (mean over seeds; bars: min–max). For a fixed objective\n"
+        "(the ELBO) Monte Carlo falls as 1/K; randomised QMC faster (Buchholz et al. 2018)"
+    )
+    return save(fig, path)
+
+
 def _snr_panel(ax, panel: pd.DataFrame, look: Look, part: str) -> None:
     """One panel: a line per (estimator, KL, β) with min–max bars over seeds, points hollow where
     the SNR cannot be told from the noise floor; the floor ± 2 sd as a grey band; the IWAE rate
     as a dashed guide from the geometric mean of the lines' SNRs at the smallest K."""
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
-
     anchors = []
     for (estimator, kl, beta), s in panel.groupby(["estimator", "kl", "beta"], sort=True):
         s = s.sort_values("k")
@@ -104,16 +216,8 @@ def _snr_panel(ax, panel: pd.DataFrame, look: Look, part: str) -> None:
     y0 = float(np.exp(np.mean([np.log(y) for k, y in anchors if k == k0])))
     grid = np.geomspace(k0, max(ks), 20)
     ax.plot(grid, y0 * (grid / k0) ** SNR_RATES[part], color="0.3", ls="--", lw=1.2, zorder=4)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.xaxis.set_major_locator(FixedLocator(ks))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.yaxis.set_major_formatter(FuncFormatter(tick_label))
     drawn = pd.concat([panel["min"], panel["max"], floors["floor"]])
-    log_ticks(ax.yaxis, drawn.min(), drawn.max())
-    ax.set_xlim(min(ks) / 1.35, max(ks) * 1.35)
-    ax.set_xlabel("samples per example K (log)")
+    _k_axes(ax, ks, drawn.min(), drawn.max())
     ax.set_ylabel(f"{part} SNR (|mean| / std, log)")
 
 
@@ -140,19 +244,7 @@ def plot_snr_vs_k(runs: pd.DataFrame, finals: pd.DataFrame, look: Look, path: Pa
             _snr_panel(axes[i, j], panel, look, part)
             title = f"{group_title((dataset, model))} — {PARTS[part]}\n{PHASES[phase]}"
             axes[i, j].set_title(title)
-    lines = sorted({tuple(key) for key in points[LINE[2:]].drop_duplicates().to_numpy()})
-    several_kl = len({kl for _, kl, _ in lines}) > 1
-    handles = [
-        Line2D(
-            [],
-            [],
-            color=look.series_colour(estimator, max(look.ks[estimator]), beta),
-            marker=look.marker[kl],
-            lw=1.8,
-            label=look.label(estimator, None, beta) + (f" (KL {kl})" if several_kl else ""),
-        )
-        for estimator, kl, beta in lines
-    ]
+    handles = _line_handles(points, look)
     handles.append(Line2D([], [], color="0.3", ls="--", lw=1.2, label="IWAE rate: 1/√K, √K"))
     if points["floor"].notna().any():
         handles.append(Patch(color="0.5", alpha=0.3, label="noise floor ± 2 sd"))
