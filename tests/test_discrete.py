@@ -321,6 +321,7 @@ def test_discrete_estimators_are_registered():
         "disarm",
         "gumbel",
         "st_gumbel",
+        "relax",
         "reinmax",
     }
     assert {name for name in DISCRETE if REGISTRY[name].bias_reference} == {*BIASED, "reinmax"}
