@@ -194,9 +194,9 @@ def make_suites() -> dict[str, Suite]:
         # 1,000 disarm draws at each of 9 checkpoints dominates.
         "discrete": Suite(
             "discrete",
-            "binary-latent estimators (reinforce, reinforce_loo, arm, disarm at 2 evaluations;"
-            " gumbel, st_gumbel with their bias) on the linear and nonlinear 200-latent models,"
-            " mnist5k, 2 seeds, 3000 steps",
+            "binary-latent estimators (reinforce at 1 evaluation of f; reinforce_loo, arm, disarm,"
+            " double_cv, rodeo and relax at 2; gumbel, st_gumbel, reinmax at 1, with their bias)"
+            " on the linear and nonlinear 200-latent models, mnist5k, 2 seeds, 3000 steps",
             grid(("mnist5k",), ("linear200", "nonlinear200"), (0, 1)),
             expected_cpu_minutes=35.0,
         ),

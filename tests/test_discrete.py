@@ -321,6 +321,8 @@ def test_discrete_estimators_are_registered():
         "disarm",
         "gumbel",
         "st_gumbel",
+        "double_cv",
+        "rodeo",
         "relax",
         "reinmax",
     }

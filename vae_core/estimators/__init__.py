@@ -25,6 +25,7 @@ from vae_core.estimators import multisample  # noqa: F401  # isort: skip  (liste
 from vae_core.estimators import quasi_monte_carlo  # noqa: F401  # isort: skip
 from vae_core.estimators import discrete  # noqa: F401  # isort: skip
 from vae_core.estimators import relax  # noqa: F401  # isort: skip
+from vae_core.estimators import control_variates  # noqa: F401  # isort: skip
 from vae_core.estimators import reinmax  # noqa: F401  # isort: skip
 
 __all__ = [
