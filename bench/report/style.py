@@ -48,6 +48,8 @@ def sig(x: float, digits: int = 3) -> str:
 DPI = 120
 WIDTH = 8.5  # inches: 1020 px at DPI, legible when a README scales it to ~700 px
 LEGEND_COLUMNS = 5  # at most, in a figure legend
+LEGEND_CHARACTER_WIDTH = 0.075  # inches per character of a legend label, a generous average
+LEGEND_ENTRY_PADDING = 6  # characters' width of a legend entry's marker and gaps
 
 
 def theme() -> dict[str, object]:
@@ -258,8 +260,11 @@ def _legend_rows(blocks: Sequence[Sequence]) -> int:
 
 
 def figure_legend(fig, handles: Sequence) -> None:
-    """The figure's one legend, in rows below the panels."""
-    rows = math.ceil(len(handles) / LEGEND_COLUMNS)
+    """The figure's one legend, in rows below the panels: as many columns (at most
+    LEGEND_COLUMNS) as labels of the longest one's length fit across the figure."""
+    longest = max(len(handle.get_label()) for handle in handles)
+    fitting = max(int(WIDTH / ((longest + LEGEND_ENTRY_PADDING) * LEGEND_CHARACTER_WIDTH)), 1)
+    rows = math.ceil(len(handles) / min(fitting, LEGEND_COLUMNS))
     fig.legend(handles=handles, loc="outside lower center", ncol=math.ceil(len(handles) / rows))
 
 
