@@ -180,25 +180,28 @@ def make_suites() -> dict[str, Suite]:
         ),
         # Not in `default`: at K = 5 a run costs 49-62 s against reparam's ~29 s (3000 steps,
         # measured on the reference machine: iwae 48.9, dreg 62.2, iwae_stl 52.0, vimco 51.2), so
-        # 3 seeds would add ~11 min to default's ~15. Same settings as default, 2 seeds.
+        # 3 seeds would add ~11 min to default's ~15; iwae_stl and iwae_rqmc at K = 5 take 5-7 min
+        # with their bias against 1,000 dreg draws at each checkpoint. Same settings as default,
+        # 2 seeds. Measured: 23.3 min for the first 16 runs, 24.7 min for the 16 added with RQMC.
         "multisample": Suite(
             "multisample",
             "multi-sample (IWAE-bound) and RQMC estimators on mnist5k at K = 1, 5 (vimco 2, 5),"
             " with reparam at K = 5 beside reparam_rqmc, 2 seeds, 3000 steps, as default",
             grid(("mnist5k",), ("mlp500",), (0, 1), particles=(1, 5), sweeping=True),
-            expected_cpu_minutes=12.0,
+            expected_cpu_minutes=48.0,
         ),
         # Not in `default` (whose ~20 min it would nearly triple): the binary-latent models of
         # Dong, Mnih & Tucker (2020), every binary-latent estimator and KL mode, settings as
         # default. Measured: 25-45 s a run, 2.5-4 min for gumbel/st_gumbel, whose bias against
-        # 1,000 disarm draws at each of 9 checkpoints dominates.
+        # 1,000 disarm draws at each of 9 checkpoints dominates. Measured: 22.6 min for the first
+        # 20 runs, 26.0 min for the 28 added with double_cv, rodeo, relax and reinmax.
         "discrete": Suite(
             "discrete",
             "binary-latent estimators (reinforce at 1 evaluation of f; reinforce_loo, arm, disarm,"
             " double_cv, rodeo and relax at 2; gumbel, st_gumbel, reinmax at 1, with their bias)"
             " on the linear and nonlinear 200-latent models, mnist5k, 2 seeds, 3000 steps",
             grid(("mnist5k",), ("linear200", "nonlinear200"), (0, 1)),
-            expected_cpu_minutes=35.0,
+            expected_cpu_minutes=49.0,
         ),
         # Rate–distortion: the pathwise and the best score-function estimator across β; the β = 1
         # runs are `default`'s (skipped by --resume when written into the same directory).
