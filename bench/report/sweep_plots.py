@@ -118,30 +118,44 @@ def _line_handles(points: pd.DataFrame, look: Look) -> list:
     ]
 
 
-def _variance_panel(ax, panel: pd.DataFrame, look: Look) -> None:
-    """One panel: a line per (estimator, KL, β) with min–max bars over seeds, and the Monte Carlo
-    rate 1/K as a dashed guide from the geometric mean of the lines' variances at the smallest K."""
-    anchors = []
+def _k_lines(ax, panel: pd.DataFrame, look: Look, markers: bool) -> list[tuple]:
+    """Draw a line per (estimator, KL, β) of `panel` against K with min–max bars over seeds (and
+    the KL mode's marker if `markers`); return each line's (KL mode, points sorted by K, colour)."""
+    lines = []
     for (estimator, kl, beta), s in panel.groupby(["estimator", "kl", "beta"], sort=True):
         s = s.sort_values("k")
         colour = look.series_colour(estimator, int(s["k"].max()), beta)
+        marker = look.marker[kl] if markers else None
         ax.errorbar(
             s["k"],
             s["mean"],
             error_bars(s, low="min", high="max"),
             color=colour,
-            marker=look.marker[kl],
+            marker=marker,
             lw=1.8,
             capsize=3,
             zorder=2,
         )
-        anchors.append((float(s["k"].iloc[0]), float(s["mean"].iloc[0])))
-    ks = sorted(set(panel["k"]))
-    k0 = min(k for k, _ in anchors)
-    y0 = float(np.exp(np.mean([np.log(y) for k, y in anchors if k == k0])))
-    grid = np.geomspace(k0, max(ks), 20)
-    ax.plot(grid, y0 * k0 / grid, color="0.3", ls="--", lw=1.2, zorder=4)
-    _k_axes(ax, ks, panel["min"].min(), panel["max"].max())
+        lines.append((kl, s, colour))
+    return lines
+
+
+def _rate_guide(ax, panel: pd.DataFrame, exponent: float) -> None:
+    """A dashed guide ∝ K^exponent from the geometric mean of the lines' values at the smallest
+    K any line starts at."""
+    starts = panel.sort_values("k").groupby(["estimator", "kl", "beta"]).first()
+    k0 = starts["k"].min()
+    y0 = float(np.exp(np.log(starts.loc[starts["k"] == k0, "mean"]).mean()))
+    grid = np.geomspace(k0, panel["k"].max(), 20)
+    ax.plot(grid, y0 * (grid / k0) ** exponent, color="0.3", ls="--", lw=1.2, zorder=4)
+
+
+def _variance_panel(ax, panel: pd.DataFrame, look: Look) -> None:
+    """One panel: a line per (estimator, KL, β) with min–max bars over seeds, and the Monte Carlo
+    rate 1/K as a dashed guide from the geometric mean of the lines' variances at the smallest K."""
+    _k_lines(ax, panel, look, markers=True)
+    _rate_guide(ax, panel, -1.0)
+    _k_axes(ax, sorted(set(panel["k"])), panel["min"].min(), panel["max"].max())
     ax.set_ylabel("encoder gradient variance (log)")
 
 
@@ -181,19 +195,7 @@ def _snr_panel(ax, panel: pd.DataFrame, look: Look, part: str) -> None:
     """One panel: a line per (estimator, KL, β) with min–max bars over seeds, points hollow where
     the SNR cannot be told from the noise floor; the floor ± 2 sd as a grey band; the IWAE rate
     as a dashed guide from the geometric mean of the lines' SNRs at the smallest K."""
-    anchors = []
-    for (estimator, kl, beta), s in panel.groupby(["estimator", "kl", "beta"], sort=True):
-        s = s.sort_values("k")
-        colour = look.series_colour(estimator, int(s["k"].max()), beta)
-        ax.errorbar(
-            s["k"],
-            s["mean"],
-            error_bars(s, low="min", high="max"),
-            color=colour,
-            lw=1.8,
-            capsize=3,
-            zorder=2,
-        )
+    for kl, s, colour in _k_lines(ax, panel, look, markers=False):
         for near, points in s.groupby("near"):
             ax.scatter(
                 points["k"],
@@ -205,17 +207,13 @@ def _snr_panel(ax, panel: pd.DataFrame, look: Look, part: str) -> None:
                 edgecolor=colour,
                 linewidth=1.5,
             )
-        anchors.append((float(s["k"].iloc[0]), float(s["mean"].iloc[0])))
     ks = sorted(set(panel["k"]))
     floors = panel.dropna(subset=["floor", "floor_sd"]).groupby("k")[["floor", "floor_sd"]].mean()
     if not floors.empty:
         low = np.maximum(floors["floor"] - 2 * floors["floor_sd"], floors["floor"] / 2)
         high = floors["floor"] + 2 * floors["floor_sd"]
         ax.fill_between(floors.index, low, high, color="0.5", alpha=0.3, lw=0, zorder=1)
-    k0 = min(k for k, _ in anchors)
-    y0 = float(np.exp(np.mean([np.log(y) for k, y in anchors if k == k0])))
-    grid = np.geomspace(k0, max(ks), 20)
-    ax.plot(grid, y0 * (grid / k0) ** SNR_RATES[part], color="0.3", ls="--", lw=1.2, zorder=4)
+    _rate_guide(ax, panel, SNR_RATES[part])
     drawn = pd.concat([panel["min"], panel["max"], floors["floor"]])
     _k_axes(ax, ks, drawn.min(), drawn.max())
     ax.set_ylabel(f"{part} SNR (|mean| / std, log)")
