@@ -14,7 +14,8 @@ sequence's stratification (for K = 2^m, each coordinate has exactly one point in
 [j/K, (j+1)/K)), which is what makes the variance of smooth integrands fall faster than 1/K
 (Buchholz, Wenzel & Mandt 2018). SobolEngine scrambles one sequence per engine (≈1 ms each);
 here all M × D scramblings of a minibatch are drawn at once from the caller's generator
-(≈0.5 ms for K = 5, M = 100, D = 20 on one CPU thread).
+(≈1.2 ms for K = 5, M = 100, D = 20 on one CPU thread; ≈1.4 ms of the 7.2 ms a
+reparam_rqmc gradient takes at K = 1, against 5.8 ms for reparam).
 """
 
 from __future__ import annotations
