@@ -205,8 +205,8 @@ def make_suites() -> dict[str, Suite]:
         # Not in `default` (whose ~20 min it would nearly triple): the binary-latent models of
         # Dong, Mnih & Tucker (2020), every binary-latent estimator and KL mode, settings as
         # default. Measured: 25-45 s a run, 2.5-4 min for gumbel/st_gumbel, whose bias against
-        # 1,000 disarm draws at each of 9 checkpoints dominates. Measured: 22.6 min for the first
-        # 40 runs, 26.0 min for the 28 added with double_cv, rodeo, relax and reinmax.
+        # 1,000 disarm draws at each of 9 checkpoints dominates; 22.6 min for the first 40 runs,
+        # 26.0 min for the 28 added with double_cv, rodeo, relax and reinmax.
         "discrete": Suite(
             "discrete",
             "binary-latent estimators (reinforce at 1 evaluation of f; reinforce_loo, arm, disarm,"

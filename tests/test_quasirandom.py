@@ -28,7 +28,7 @@ from tests.test_estimators import (
 )
 from tests.test_multisample import one_latent_vae, quadrature_iwae_bound, quadrature_log_marginal
 from vae_core.estimators import REGISTRY, make_estimator
-from vae_core.gradients import gradient_draws, variance_standard_error
+from vae_core.gradients import gradient_draws, variance_statistics
 from vae_core.models import LinearGaussianModel
 from vae_core.quasirandom import scrambled_sobol_normal, scrambled_sobol_uniform
 
@@ -121,8 +121,8 @@ def encoder_variance(name: str, k: int, seed: int) -> tuple[float, float]:
     model, x = one_latent_vae(), small_batch()
     estimator = make_estimator(name, model, "mc", k)
     draws = gradient_draws(estimator, x, 4000, torch.Generator().manual_seed(seed))["encoder"]
-    squares = (draws - draws.mean(0)).pow(2).sum(1)
-    return squares.sum().item() / (len(draws) - 1), variance_standard_error(squares)
+    stats = variance_statistics(draws)
+    return stats["grad_var"], stats["grad_var_se"]
 
 
 def test_reparam_rqmc_variance_falls_faster_than_one_over_k():

@@ -34,18 +34,24 @@ def scrambled_digits(n_points: int) -> int:
     return max(MIN_DIGITS, math.ceil(math.log2(n_points)))
 
 
+def binary_digits(integers: torch.Tensor, n_digits: int) -> torch.Tensor:
+    """The n_digits binary digits of each integer, most significant first: shape (..., n_digits),
+    0/1 in the integers' dtype."""
+    place = torch.arange(n_digits - 1, -1, -1, device=integers.device)
+    return (integers[..., None] >> place) & 1
+
+
 @cache
-def sobol_digits(n_points: int, dimension: int) -> torch.Tensor:
+def sobol_digits(n_points: int, dimension: int, device: torch.device) -> torch.Tensor:
     """The first n_points unscrambled Sobol points in `dimension` dimensions as their B binary
     digits (`scrambled_digits`), shape (n_points, dimension, B), most significant first
-    (float64 0/1, on the CPU)."""
+    (float32 0/1 on `device`; computed once per device, not per minibatch)."""
     digits = scrambled_digits(n_points)
     points = SobolEngine(dimension, scramble=False).draw(n_points, dtype=torch.float64)
     integers = points * 2**digits
     if not torch.equal(integers, integers.round()):
         raise AssertionError(f"Sobol points below index {n_points} need more than {digits} digits")
-    shifts = torch.arange(digits - 1, -1, -1)
-    return ((integers.long()[..., None] >> shifts) & 1).double()
+    return binary_digits(integers.long(), digits).float().to(device)
 
 
 def scrambled_sobol_uniform(
@@ -58,25 +64,25 @@ def scrambled_sobol_uniform(
     """u of shape (n_points, batch_size, dimension), float64: for each of the batch_size
     examples, an independently scrambled copy of the first n_points Sobol points (module
     docstring); every u[k, m] is exactly U(0, 1)^dimension."""
-    digits = sobol_digits(n_points, dimension).to(device)  # (K, D, B)
+    device = torch.device(device)
+    digits = sobol_digits(n_points, dimension, device)  # (K, D, B)
     n_digits = digits.shape[-1]
-    place = torch.arange(n_digits - 1, -1, -1, device=device)
     # L[m, d]: row j's digits from one random B-digit integer, kept below the diagonal, 1 on it
     rows = torch.randint(
         0, 2**n_digits, (batch_size, dimension, n_digits), generator=generator, device=device
     )
     unit_lower = torch.ones(n_digits, n_digits, device=device).tril(-1)
-    scramble = ((rows[..., None] >> place) & 1) * unit_lower + torch.eye(n_digits, device=device)
+    scramble = binary_digits(rows, n_digits) * unit_lower + torch.eye(n_digits, device=device)
     shift = torch.randint(
         0, 2**n_digits, (batch_size, dimension), generator=generator, device=device
     )
     # digit j of point k, example m, coordinate d: Σ_i L[m, d, j, i] a[k, d, i] + s[m, d, j], mod 2
     # (one batched product over d; the sums are small integers, exact in float32)
     product = torch.bmm(
-        digits.float().transpose(0, 1),  # (D, K, I)
+        digits.transpose(0, 1),  # (D, K, I)
         scramble.permute(1, 3, 0, 2).reshape(dimension, n_digits, -1),  # (D, I, M·J)
     ).reshape(dimension, n_points, batch_size, n_digits)
-    scrambled = (product.permute(1, 2, 0, 3) + ((shift[..., None] >> place) & 1)).remainder(2)
+    scrambled = (product.permute(1, 2, 0, 3) + binary_digits(shift, n_digits)).remainder(2)
     weights = 0.5 ** torch.arange(1, n_digits + 1, device=device, dtype=torch.float64)
     jitter = torch.rand(
         (n_points, batch_size, dimension), generator=generator, device=device, dtype=torch.float64

@@ -192,6 +192,13 @@ class Estimator(nn.Module):
         return (f.mean(0) - kl_analytic).detach()
 
 
+def gradient_only(loss: torch.Tensor) -> torch.Tensor:
+    """loss − loss.detach(): zero in value, with the gradient of `loss`. A learned control
+    variate's own loss enters the surrogate this way (built from detached model tensors, so the
+    gradient reaches the control variate only), leaving the surrogate's value the objective."""
+    return loss - loss.detach()
+
+
 def scale_gradient(tensor: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Identity in the forward pass; multiplies the gradient by `scale` in the backward pass."""
     return tensor.detach() + (tensor - tensor.detach()) * scale

@@ -9,8 +9,9 @@ evaluations of f). Both also use ∇_b f(b_k), the gradient of f's continuous ex
 decoder is an MLP of b) at those same samples: one vector-Jacobian product, no new point.
 
 Each control variate's scale is a learned parameter, initialised at 0 (the estimator then is
-RLOO), and trained as in the authors' code: the surrogate carries −mean_{m,d} ĝ_{m,d}², with
-gradient only to the control-variate parameters (the model's tensors enter it detached), and the
+RLOO), and trained as in the authors' code: the surrogate carries −mean_{m,d} ĝ_{m,d}² (as
+`gradient_only`, zero in value), with gradient only to the control-variate parameters (the model's
+tensors enter it detached), and the
 estimator's main term uses ĝ detached, so no gradient of it reaches them. As E[ĝ] does not depend
 on those parameters, descending E‖ĝ‖² descends the variance; the training loop's one Adam over
 `estimator.parameters()` does it (the authors use Adam, learning rate 1e-3, for these too).
@@ -22,7 +23,8 @@ import torch
 from torch import nn
 from torch.func import vjp
 
-from vae_core.estimators.base import Estimator, EstimatorOutput, register
+from vae_core.estimators.base import Estimator, EstimatorOutput, gradient_only, register
+from vae_core.estimators.discrete import logit_chain_surrogate
 
 
 def leave_one_out_mean(t: torch.Tensor) -> torch.Tensor:
@@ -58,15 +60,10 @@ class LearnedControlVariateEstimator(Estimator):
         (f_grad,) = pullback(torch.ones_like(f))
         theta = torch.sigmoid(logits.detach())
         logit_grad = self.logit_gradient(theta, b, f.detach(), f_grad.detach())
-        # ∇_φ: the chain rule from ∇_α, plus ∇_φ f at fixed b (−β ∇ log q, mean zero; kl='mc').
-        surrogate = (logit_grad.detach() * logits).sum(-1).mean() + f.mean() - kl_analytic.mean()
-        variance_loss = logit_grad.pow(2).mean()  # reaches the control-variate parameters only
-        return EstimatorOutput(
-            surrogate - variance_loss,
-            self.elbo_per_example(f, kl_analytic),
-            f.detach(),
-            stats={"variance_loss": variance_loss.detach()},
-        )
+        surrogate = logit_chain_surrogate(logit_grad, logits, f, kl_analytic)
+        # The variance objective, whose gradient reaches the control-variate parameters only.
+        surrogate = surrogate - gradient_only(logit_grad.pow(2).mean())
+        return EstimatorOutput(surrogate, self.elbo_per_example(f, kl_analytic), f.detach())
 
 
 @register("double_cv")

@@ -16,6 +16,23 @@ from vae_core.estimators.base import Estimator, EstimatorOutput, register
 from vae_core.estimators.score import Score, ScoreLeaveOneOut
 
 
+def logistic_sample(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """z = α + log u − log(1 − u), a Logistic(α, 1) sample with b = 1[z > 0] ~ Bernoulli(σ(α))
+    (u clamped to [eps, 1 − eps] of its dtype, so z is finite)."""
+    eps = torch.finfo(u.dtype).eps
+    u = u.clamp(eps, 1 - eps)
+    return logits + torch.log(u) - torch.log1p(-u)
+
+
+def logit_chain_surrogate(
+    logit_grad: torch.Tensor, logits: torch.Tensor, f: torch.Tensor, kl_analytic: torch.Tensor
+) -> torch.Tensor:
+    """mean_m[ĝ_αᐟ · α] + mean f − mean KL, ĝ_α (M, D) an estimate of ∇_α E_q[f(b)] (ᐟ detached):
+    ∇_φ is the chain rule from ĝ_α, plus ∇_φ f at fixed b (−β ∇ log q, mean zero; kl='mc') and
+    −β ∇KL exact (kl='analytic'); ∇_θ is ∇_θ f at the sampled b, exact."""
+    return (logit_grad.detach() * logits).sum(-1).mean() + f.mean() - kl_analytic.mean()
+
+
 @register("reinforce")
 class Reinforce(Score):
     """∇_φ ≈ f(b) ∇_φ log q_φ(b|x), no baseline (Williams 1992), on binary latents: the model
@@ -66,8 +83,7 @@ class AntitheticPairEstimator(Estimator):
         f, kl_analytic, _ = self.signal_terms(x, both, log_q, posterior)
         f_pair, f_anti = f.detach().chunk(2)
         logit_grad = self.logit_gradient(u, logits.detach(), b, b_anti, f_pair, f_anti)
-        # ∇_φ: the chain rule from ∇_α, plus ∇_φ f at fixed b (−β ∇ log q, mean zero; kl='mc').
-        surrogate = (logit_grad.mean(0) * logits).sum(-1).mean() + f.mean() - kl_analytic.mean()
+        surrogate = logit_chain_surrogate(logit_grad.mean(0), logits, f, kl_analytic)
         return EstimatorOutput(surrogate, self.elbo_per_example(f, kl_analytic), f.detach())
 
 
@@ -111,9 +127,7 @@ class RelaxedEstimator(Estimator):
 
     def relax(self, logits: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(z, b): the relaxed sample σ((α + L)/τ) and the exact sample 1[α + L > 0]."""
-        eps = torch.finfo(u.dtype).eps
-        u = u.clamp(eps, 1 - eps)
-        pre_activation = logits + torch.log(u) - torch.log1p(-u)
+        pre_activation = logistic_sample(logits, u)
         return torch.sigmoid(pre_activation / self.temperature), (pre_activation > 0).to(u.dtype)
 
     def decoder_input(self, z: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -53,7 +53,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad
 
-from vae_core.estimators.base import Estimator, EstimatorOutput, register
+from vae_core.estimators.base import Estimator, EstimatorOutput, gradient_only, register
+from vae_core.estimators.discrete import logistic_sample, logit_chain_surrogate
 from vae_core.models import mlp
 
 
@@ -103,20 +104,15 @@ class Relax(Estimator):
     def forward(self, x: torch.Tensor, u: torch.Tensor) -> EstimatorOutput:
         posterior = self.model.posterior(x)
         (logits,) = posterior
-        eps = torch.finfo(u.dtype).eps
-        u = u.clamp(eps, 1 - eps)
-        z = logits.detach() + torch.log(u) - torch.log1p(-u)
+        z = logistic_sample(logits.detach(), u)
         b = (z > 0).to(u.dtype)
         f, kl_analytic, _ = self.signal_terms(
             x, b, self.model.log_posterior(b, posterior), posterior
         )
         logit_grad = self.logit_gradient(x, logits.detach(), z, b, f.detach())
-        # ∇_φ: the chain rule from ∇_α, plus ∇_φ f at fixed b (−β ∇ log q, mean zero; kl='mc').
-        surrogate = (logit_grad.detach().mean(0) * logits).sum(-1).mean()
-        surrogate = surrogate + f.mean() - kl_analytic.mean()
-        # Zero in value; its gradient is −∇ of the variance objective, which reaches φ_c only.
-        variance = logit_grad.pow(2).sum(-1).mean()
-        surrogate = surrogate - (variance - variance.detach())
+        surrogate = logit_chain_surrogate(logit_grad.mean(0), logits, f, kl_analytic)
+        # The variance objective, whose gradient reaches φ_c only.
+        surrogate = surrogate - gradient_only(logit_grad.pow(2).sum(-1).mean())
         return EstimatorOutput(surrogate, self.elbo_per_example(f, kl_analytic), f.detach())
 
     def logit_gradient(
