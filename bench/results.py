@@ -319,7 +319,7 @@ def load_facts(out_dir: Path) -> pd.DataFrame:
     absent, naming the command that writes it."""
     import pandas as pd
 
-    paths = [p for p in (out_dir / "estimators.csv", out_dir / "gpu" / "estimators.csv")]
+    paths = (out_dir / "estimators.csv", out_dir / "gpu" / "estimators.csv")
     present = [p for p in paths if p.is_file()]
     if not present:
         raise ValueError(
