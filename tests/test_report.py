@@ -744,8 +744,8 @@ def test_comparison_with_the_best_is_paired_by_seed_and_says_when_seeds_are_too_
     tmp_path, reported
 ):
     """Three seeds: score is 63 nats of NLL behind reparam on every seed, with a spread of its
-    own: told apart ("worse"). Base runs, two seeds: the 1-degree-of-freedom caveat; a row with
-    one finished seed: no test."""
+    own: told apart ("worse"). Base runs, two seeds: a row not told apart by a test that could not
+    have told a 10-nat gap says "too few seeds", never ≈best; one finished seed: no test."""
     rows = synthetic_rows(("reparam", "score"), kls=("analytic",), seeds=(0, 1, 2), diverged=None)
     table, summary = markdown_of(tmp_path, rows)
     assert table["best_n"].tolist() == [3, 3] and table["best_p"].iloc[1] < 0.05
@@ -755,13 +755,27 @@ def test_comparison_with_the_best_is_paired_by_seed_and_says_when_seeds_are_too_
         cells[("score", "analytic")].startswith("worse (p")
         and "n = 3)" in cells[("score", "analytic")]
     )
-    assert "1 degree of freedom" not in summary
     summary = (reported[0] / "summary.md").read_text()
-    assert "With n = 2 the test has 1 degree of freedom and almost no power" in summary
-    assert (
-        column(summary, "vs best", COMPARISON)[("score", "mc")] == "no test (n = 1)"
-    )  # seed 1 diverged
-    assert "Holm-adjusted over every pair of rows in this section" in summary
+    assert column(summary, "vs best", COMPARISON)[("score", "mc")] == "no test (n = 1)"
+    assert "Multiple comparisons with the best (Hsu 1984)" in summary
+
+    def verdict(gaps: list[float]) -> str:
+        """stl's verdict against reparam when stl's NLL of seed s is reparam's + gaps[s]."""
+        seeds = tuple(range(len(gaps)))
+        rows = synthetic_rows(("reparam", "stl"), kls=("analytic",), seeds=seeds, diverged=None)
+        best = {row[7]: row[-1] for row in rows if row[2] == "reparam" and row[-2] == "nll_test"}
+        for i, row in enumerate(rows):
+            if row[2] == "stl" and row[-2] == "nll_test":
+                rows[i] = (*row[:-1], best[row[7]] + gaps[row[7]])
+        table, summary = markdown_of(tmp_path / f"gaps-{len(gaps)}", rows)
+        return column(summary, "vs best", COMPARISON)[("stl", "analytic")]
+
+    # Two seeds whose gaps to the best disagree by 20 nats: nothing can be told.
+    assert verdict([-1.0, 19.0]).startswith("too few seeds (p")
+    # Six seeds within ±0.3 nats of the best: the test could tell 10 nats, and does not.
+    assert verdict([0.3, -0.1, 0.2, 0.1, -0.2, 0.0]).startswith("≈best (p")
+    # The same row 10 nats behind with that spread: told apart.
+    assert verdict([10.3, 9.9, 10.2, 10.1, 9.8, 10.0]).startswith("worse (p")
 
 
 def test_variance_ratio_and_variance_carry_their_95_percent_intervals(reported):

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report.data import GROUP, format_beta
-from bench.report.stats import FAMILY_ALPHA, near_floor
+from bench.report.stats import FAMILY_ALPHA, RELEVANT_GAP, near_floor
 from bench.report.style import MISSING, group_title, sci, sig
 
 # A markdown table: header, rows of cells, and which columns align right.
@@ -133,17 +133,25 @@ def _headline_table(table: pd.DataFrame, vary: tuple[bool, bool], by_nll: bool) 
     return _table(table, vary, header, cells, bold=True)
 
 
+def _verdict(r) -> str:
+    """The comparison of a row (not the first) with its section's best: 'worse' (told apart at
+    family-wise 5%), '≈best' (not told apart, by a test that tells a RELEVANT_GAP apart with 80%
+    power), 'too few seeds' (not told apart, by a test without that power), 'no test' (n < 2)."""
+    if r.best_n < 2 or not np.isfinite(r.best_p):
+        return "no test"
+    if r.best_p <= FAMILY_ALPHA:
+        return "worse"
+    return "≈best" if r.best_gap <= RELEVANT_GAP else "too few seeds"
+
+
 def _tie_mark(r, first: bool) -> str:
-    """' · best' for the section's first row, ' · ≈best' for a row the paired test cannot tell
-    from it at family-wise 5% (' · ≈best (n = 2)' on two common seeds, where the test has almost
-    no power), ' · better' for one told apart on the better side; '' else."""
+    """' · best' for the section's first row, ' · ≈best' for a row tested with the power to tell
+    it apart but not told apart, ' · too few seeds' for one not told apart by a test without
+    that power; '' else (told apart, or no test)."""
     if first:
         return " · best"
-    if r.best_n < 2 or not np.isfinite(r.best_p):
-        return ""
-    if r.best_p > FAMILY_ALPHA:
-        return " · ≈best" + (" (n = 2)" if r.best_n == 2 else "")
-    return " · better" if r.best_diff < 0 else ""
+    verdict = _verdict(r)
+    return f" · {verdict}" if verdict in ("≈best", "too few seeds") else ""
 
 
 def _comparison_table(table: pd.DataFrame, vary: tuple[bool, bool], devices: list[str]) -> Table:
@@ -216,8 +224,8 @@ def _headline_notes(table: pd.DataFrame, by_nll: bool, vary_beta: bool) -> str:
         f"Test NLL and ELBO: mean ± half-width of the 95% Student-t interval (n − 1 degrees of "
         f"freedom) over the n = {seeds} finished seed(s), {MISSING} with one seed, at the final "
         f"training step; rows sorted by {order}, configurations that diverged last. "
-        f"· best: the first row; · ≈best: the paired test below cannot tell the row from it "
-        "(with n = 2 common seeds it can tell almost nothing).",
+        "· best: the first row; · ≈best: the comparison below does not tell the row from it "
+        f"and could have told a {RELEVANT_GAP:.0f}-nat gap; · too few seeds: it could not have.",
         _variance_note(table),
         "S per gradient: seconds for one gradient estimate on a minibatch of 100, timed alone "
         "after training (the cost pass); f evals: evaluations of the learning signal per example "
@@ -352,16 +360,16 @@ def _command_text(entry: dict[str, object]) -> str:
 
 
 def _best_cell(r, first: bool) -> str:
-    """'best' for the section's first row; else the verdict of the paired test with it: '≈best'
-    (not told apart at family-wise 5%), 'worse' or 'better' (told apart, by the sign of the mean
-    difference), with the Holm-adjusted p and the common seeds n; 'no test' with n < 2."""
+    """'best' for the section's first row; else `_verdict` with p and the seeds n in common with
+    the best, and for a row not told apart the gap its test detects with 80% power."""
     if first:
         return "best"
-    if r.best_n < 2:
+    verdict = _verdict(r)
+    if verdict == "no test":
         return f"no test (n = {r.best_n})"
-    verdict = "≈best" if r.best_p > FAMILY_ALPHA else ("worse" if r.best_diff > 0 else "better")
     p = "p < 0.001" if r.best_p < 0.001 else f"p = {r.best_p:.2g}"
-    return f"{verdict} ({p}, n = {r.best_n})"
+    gap = f", detects {sig(r.best_gap)}" if verdict != "worse" else ""
+    return f"{verdict} ({p}, n = {r.best_n}{gap})"
 
 
 def _time_cell(r) -> str:
@@ -427,23 +435,21 @@ def _variance_note(table: pd.DataFrame) -> str:
 
 
 def _comparison_note(table: pd.DataFrame, by_nll: bool) -> str:
-    """How 'vs best' compares each row with the first, and what too few seeds mean."""
-    metric = "NLL" if by_nll else "ELBO"
+    """How 'vs best' compares each row with the best, and when it says too few seeds."""
+    metric = "NLL" if by_nll else "−ELBO"
     n = table["best_n"].iloc[1:][table["finished"].iloc[1:] > 0]
     text = (
-        f"Vs best: two-sided paired t-test of the per-seed final test {metric} against the first "
-        "row's, on the n seeds both finished; p is Holm-adjusted over every pair of rows in this "
-        "section (the best is picked from the same data, so testing against it alone would "
-        "exceed the family-wise rate); ≈best: not told apart at family-wise 5%, worse (better): "
-        "told apart."
+        f"Vs best: is the row worse than the section's best? Multiple comparisons with the best "
+        f"(Hsu 1984) on the per-seed final test {metric}, paired by seed, on the log scale: the "
+        "row is told apart (worse) when a one-sided paired t-test finds it worse than some other "
+        "row at 5% ÷ the number of rows it is compared with; the chance that the true best is "
+        "ever told apart is then ≤ 5% (family-wise). p: that Bonferroni-adjusted p; n: seeds in "
+        f"common with the first row. A row not told apart is ≈best only where its test detects "
+        f"a gap of {RELEVANT_GAP:.0f} nats with 80% power (detects: the gap it detects, from the "
+        "seeds' spread); otherwise too few seeds: the test could not have told."
     )
     if len(n) and (n < 2).all():
         return f"{text} No row has 2 or more seeds in common with the best: nothing can be told."
-    if (n == 2).any():
-        text += (
-            " With n = 2 the test has 1 degree of freedom and almost no power: ≈best there says "
-            "that two seeds are too few to tell, not that the rows are equal."
-        )
     return text + (" n < 2: no test." if (n < 2).any() else "")
 
 

@@ -6,8 +6,9 @@ what they claim).
 - `t_interval`: the 95% Student-t interval of a mean over seeds.
 - `log_interval`, `log_ratio_interval`: 95% intervals of a variance and of a ratio of variances,
   on the log scale (the delta method).
-- `paired_t_test`, `holm`, `compare_with_best`: the paired-by-seed comparison of every row of a
-  section with its best, at family-wise 5%.
+- `one_sided_paired_t`, `compare_with_best`, `detectable_gap`, `seeds_for_power`: which rows of a
+  section are worse than its best (Hsu's comparisons with the best, paired by seed, at
+  family-wise 5%), and whether a row not told apart was tested with enough power to say so.
 - `near_floor`: whether an SNR cannot be told from the noise floor.
 - `seconds_to_target`, `target_elbo`: the equal-cost view (training seconds to a target ELBO).
 """
@@ -22,6 +23,8 @@ from scipy import stats
 LEVEL = 0.95  # of every interval the report prints
 Z = float(stats.norm.ppf(0.5 + LEVEL / 2))  # 1.95996…: the two-sided normal quantile
 FAMILY_ALPHA = 0.05  # family-wise error rate of the comparisons with the best
+POWER = 0.8  # "≈best" needs this probability of telling apart a row RELEVANT_GAP behind
+RELEVANT_GAP = 10.0  # nats of the ranked metric that a comparison must be able to tell
 FLOOR_SDS = 2.0  # an SNR below floor + FLOOR_SDS · sd cannot be told from the floor
 TARGET_MARGIN = 5.0  # nats below the reference's final test ELBO: the equal-cost target
 
@@ -74,12 +77,10 @@ def log_ratio_interval(
     return ratio, low, high
 
 
-def paired_t_test(differences: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """Two-sided t-test of E d = 0 on paired differences d along the last axis (NaN: the seed is
-    missing on either side): n, and p = 2 P(T_{n−1} ≥ |t|) with t = d̄ / (s_d / √n).
-
-    p is NaN with n < 2 (no test); with s_d = 0 it is 1 if d̄ = 0, else 0 (every pair differs by
-    the same amount)."""
+def one_sided_paired_t(differences: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided paired t-test of E d > 0 on differences d along the last axis (NaN: a seed
+    missing on either side): n, and p = P(T_{n−1} ≥ t), t = d̄ / (s_d / √n); NaN with n < 2.
+    With s_d = 0: p = 0 if d̄ > 0, else 1."""
     d = np.asarray(differences, dtype=float)
     present = np.isfinite(d)
     n = present.sum(axis=-1)
@@ -87,44 +88,79 @@ def paired_t_test(differences: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         mean = np.where(present, d, 0.0).sum(axis=-1) / n
         squares = np.where(present, (d - mean[..., None]) ** 2, 0.0).sum(axis=-1)
         sd = np.sqrt(squares / (n - 1))
-        t = np.abs(mean) / (sd / np.sqrt(n))
-        p = np.where(sd > 0, 2 * stats.t.sf(t, np.maximum(n - 1, 1)), np.where(mean == 0, 1, 0))
+        t = mean / (sd / np.sqrt(n))
+        p = np.where(sd > 0, stats.t.sf(t, np.maximum(n - 1, 1)), np.where(mean > 0, 0.0, 1.0))
     return n, np.where(n >= 2, p, np.nan)
 
 
-def holm(p_values: ArrayLike) -> np.ndarray:
-    """Holm's step-down adjusted p-values: with the m present p sorted p_(1) ≤ … ≤ p_(m),
-    p̃_(i) = max_{j ≤ i} min(1, (m − j + 1) · p_(j)). Rejecting where p̃ ≤ α keeps the
-    family-wise error rate ≤ α under any dependence. NaN entries (no test) stay NaN and are not
-    counted in m."""
-    p = np.asarray(p_values, dtype=float)
-    adjusted = np.full(p.shape, np.nan)
-    present = np.flatnonzero(np.isfinite(p))
-    order = present[np.argsort(p[present], kind="stable")]
-    factors = len(order) - np.arange(len(order))
-    adjusted[order] = np.maximum.accumulate(np.minimum(1.0, factors * p[order]))
-    return adjusted
+def compare_with_best(
+    values: ArrayLike, best: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Which rows of `values` (rows × seeds of a positive metric, lower is better: NLL or −ELBO;
+    NaN where a seed has no value) are not the best, by Hsu's multiple comparisons with the best
+    (MCB) on log values, paired by seed. Returns, per row: n (seeds in common with row `best`,
+    the section's displayed best), d̄ (mean of row − best over them, in the metric's units), p
+    and the detectable gap (`detectable_gap`; NaN where p ≤ α or n < 2).
 
-
-def compare_with_best(values: ArrayLike, best: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each row of `values` (rows × seeds, lower is better, NaN where a seed has no value)
-    against row `best`, paired by seed: n (common seeds), d̄ (mean of row − best over them) and
-    the Holm-adjusted p of the paired t-test, NaN for `best` itself and where n < 2.
-
-    The family Holm adjusts over is every pair of rows, not only the pairs with `best`: the best
-    is picked from the same data, and testing against it alone raises the family-wise false-alarm
-    rate under the null above the nominal one (7–12% at 5%, for 5–27 rows of 3–5 seeds)."""
+    Row i is told apart ("worse than the best") when p_i = m_i · min_j p_ij ≤ α, with p_ij the
+    one-sided paired t-test of E[log x_i − log x_j] > 0 and m_i the number of rows j it could be
+    tested against (n_ij ≥ 2). Why the family-wise rate is ≤ α without a correction over rows
+    (Hsu 1984): let b be the row of smallest true mean. The best is wrongly told apart only if
+    some p_bj ≤ α/m_b, and since E[log x_b − log x_j] ≤ 0 for every j, each of these m_b
+    one-sided tests errs with probability ≤ α/m_b: together ≤ α, whatever the other rows do.
+    Every other row truly is worse than b, so telling it apart is never an error. The best
+    picked from the data needs no correction: j runs over every row. An exact copy of the best
+    (dreg at K = 1 is stl) is told apart exactly when the best is. Log values: seeds that blow
+    up (REINFORCE's NLL of 10²–10⁴) are heavy-tailed on the natural scale; near the best, log
+    differences are differences ÷ the metric, so the test's power there is unchanged."""
     x = np.asarray(values, dtype=float)
-    rows = len(x)
-    first, second = np.triu_indices(rows, k=1)
-    n, p = paired_t_test(x[first] - x[second])
-    adjusted = np.full((rows, rows), np.nan)
-    adjusted[first, second] = adjusted[second, first] = holm(p)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.where(x > 0, np.log(x), np.nan)
+    n_pairs, p_pairs = one_sided_paired_t(logs[:, None, :] - logs[None, :, :])
+    np.fill_diagonal(p_pairs, np.nan)
+    tested = np.isfinite(p_pairs)
+    m = tested.sum(axis=1)
+    with np.errstate(invalid="ignore"):
+        smallest = np.where(tested, p_pairs, np.inf).min(axis=1)
+        p = np.where(m > 0, np.minimum(1.0, m * smallest), np.nan)
     differences = x - x[best]
     common = np.isfinite(differences).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.nansum(differences, axis=1) / common
-    return common, mean, adjusted[:, best]
+    gap = detectable_gap(logs - logs[best], np.nanmean(x[best]), np.maximum(m, 1))
+    gap = np.where((p > FAMILY_ALPHA) & (common >= 2), gap, np.nan)
+    gap[best] = np.nan
+    return common, mean, p, gap
+
+
+def detectable_gap(log_differences: ArrayLike, best_value: float, tests: ArrayLike) -> np.ndarray:
+    """The gap (in the metric's units, above `best_value`) that the comparison of each row with
+    the best detects with probability POWER: on the log scale, with s the sd of the n paired log
+    differences, δ = (t_{n−1}(1 − α/m) + t_{n−1}(POWER)) · s / √n (the normal-approximation
+    power formula with t quantiles), back on the natural scale best · (e^δ − 1). A row not told
+    apart is called "≈best" only where this is ≤ RELEVANT_GAP: otherwise "too few seeds"."""
+    d = np.asarray(log_differences, dtype=float)
+    present = np.isfinite(d)
+    n = present.sum(axis=-1)
+    dof = np.maximum(n - 1, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(present, d, 0.0).sum(axis=-1) / n
+        sd = np.sqrt(np.where(present, (d - mean[..., None]) ** 2, 0.0).sum(axis=-1) / (n - 1))
+        quantiles = stats.t.isf(FAMILY_ALPHA / np.asarray(tests), dof) + stats.t.ppf(POWER, dof)
+        delta = quantiles * sd / np.sqrt(n)
+        return np.where(n >= 2, best_value * np.expm1(delta), np.nan)
+
+
+def seeds_for_power(log_sd: float, rows: int, relative_gap: float) -> int:
+    """The fewest seeds n ≥ 2 at which the comparison with the best detects a row `relative_gap`
+    behind it (as a fraction of the best's value: 10 nats at NLL 100 is 0.1) with probability
+    POWER, given the sd of the paired log differences between seeds (`detectable_gap`)."""
+    target = np.log1p(relative_gap)
+    for n in range(2, 101):
+        quantile = stats.t.isf(FAMILY_ALPHA / (rows - 1), n - 1) + stats.t.ppf(POWER, n - 1)
+        if quantile * log_sd / np.sqrt(n) <= target:
+            return n
+    raise ValueError(f"no n ≤ 100 detects a relative gap {relative_gap} at log sd {log_sd}")
 
 
 def near_floor(snr: ArrayLike, floor: ArrayLike, floor_sd: ArrayLike) -> np.ndarray:

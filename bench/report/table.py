@@ -227,8 +227,9 @@ def _keys(frame: pd.DataFrame) -> pd.Series:
 def best_comparison(section: pd.DataFrame, finals: pd.DataFrame) -> pd.DataFrame:
     """Per row of one section: `best_n` (seeds it and the section's first row both finished),
     `best_diff` (mean over them of row − best in the ranked metric, oriented so that > 0 is
-    worse: NLL, or −ELBO when the section is ranked by ELBO) and `best_p` (the paired t-test's
-    Holm-adjusted p, `stats.compare_with_best`; NaN for the best row and where best_n < 2)."""
+    worse: NLL, or −ELBO when the section is ranked by ELBO), `best_p` (p of the comparison with
+    the best, `stats.compare_with_best`: ≤ 5% tells the row apart) and `best_gap` (for a row not
+    told apart, the gap the test detects with 80% power, `stats.detectable_gap`)."""
     metric = str(section["ranked_by"].iloc[0])
     sign = 1.0 if metric == "nll_test" else -1.0
     values = pd.DataFrame(index=section.index, dtype=float)
@@ -238,8 +239,10 @@ def best_comparison(section: pd.DataFrame, finals: pd.DataFrame) -> pd.DataFrame
         by_key = seeds.set_index(ROW + ["device", "seed"])[metric].unstack("seed")
         values = by_key.reindex(pd.MultiIndex.from_tuples(_keys(section), names=ROW + ["device"]))
         values.index = section.index
-    n, diff, p = compare_with_best(sign * values.to_numpy(dtype=float), 0)
-    return pd.DataFrame({"best_n": n, "best_diff": diff, "best_p": p}, index=section.index)
+    n, diff, p, gap = compare_with_best(sign * values.to_numpy(dtype=float), 0)
+    return pd.DataFrame(
+        {"best_n": n, "best_diff": diff, "best_p": p, "best_gap": gap}, index=section.index
+    )
 
 
 def _target(section: pd.DataFrame) -> tuple[float, str]:
