@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--estimators", default=None, help="comma-separated subset of estimators to run"
     )
     run.add_argument(
+        "--seeds",
+        default=None,
+        help="run seeds 0..N-1 of every configuration (default: the suite's own; the committed"
+        " reference uses 5)",
+    )
+    run.add_argument(
         "--workers",
         default=DEFAULT_WORKERS,
         help="configurations trained at once, each in its own process; 1 = in this process; "
@@ -230,8 +236,10 @@ def check_writable(out: Path) -> None:
 
 
 def select_suite(args: argparse.Namespace) -> tuple[Suite, object]:
-    """The suite (filtered by --estimators) and its data set, with fallbacks explained."""
-    from bench.suites import get_suite, with_dataset
+    """The suite (filtered by --estimators, its seeds set by --seeds) and its data set, with
+    fallbacks explained."""
+    from bench.execution import positive_int
+    from bench.suites import get_suite, with_dataset, with_seeds
     from vae_core.data import DataError, load_dataset
     from vae_core.estimators import REGISTRY
 
@@ -247,6 +255,11 @@ def select_suite(args: argparse.Namespace) -> tuple[Suite, object]:
         suite = dataclasses.replace(
             suite, runs=tuple(r for r in suite.runs if r.estimator in wanted)
         )
+    if args.seeds is not None:
+        try:
+            suite = with_seeds(suite, positive_int(args.seeds, "--seeds"))
+        except ValueError as err:
+            raise UsageError(str(err)) from err
     dataset_name = suite.runs[0].dataset
     try:
         data = load_dataset(dataset_name, data_dir=args.data_dir)
