@@ -89,7 +89,7 @@ def explicit_relax(estimator, x: torch.Tensor, u: torch.Tensor):
     """The paper's ĝ = [f(b) − c(z̃)] ∇_α log q + ∇_α c(z) − ∇_α c(z̃) by autograd, with
     z̃ = α + logit(v'), v' = v(1 − σ(α)) (b = 0) or 1 − σ(α)(1 − v) (b = 1), and v the uniform
     that u is given b (tied, held fixed). Returns (ĝ, f(b), β KL (zeros with kl='mc'), α), the
-    last three with their gradients to the model."""
+    last three with their gradients to the model (f's log q(b|x) at stopped φ, as the papers')."""
     model, control = estimator.model, estimator.control_variate
     logits = model.encode(x)
     alpha = logits.detach().requires_grad_()
@@ -106,7 +106,7 @@ def explicit_relax(estimator, x: torch.Tensor, u: torch.Tensor):
         prior_term = beta * (model.log_prior(latent) - log_q) if mc else 0.0
         return model.log_likelihood(x, latent) + prior_term
 
-    f = signal(b, logits)
+    f = signal(b, logits.detach())
     kl = torch.zeros(len(x), dtype=u.dtype) if mc else beta * model.kl_to_prior(logits)
     relaxed_signal = lambda latent: signal(latent, alpha)  # noqa: E731
     c_z, c_tilde = control(x, z, relaxed_signal), control(x, z_tilde, relaxed_signal)
