@@ -17,6 +17,7 @@ import torch
 from tests.test_discrete import binary_batch, binary_vae, enumerated_elbo
 from tests.test_estimators import reference_gradient, threshold_for, z_scores
 from vae_core.estimators import REGISTRY, make_estimator
+from vae_core.estimators.discrete import logistic_sample
 from vae_core.gradients import gradient_draws, variance_statistics
 
 KL = ("analytic", "mc")
@@ -83,6 +84,24 @@ def test_relax_is_unbiased(kl, state):
     reference = reference_gradient(model, lambda: enumerated_elbo(model, x, 1.0, kl == "analytic"))
     z = z_scores(estimator, x, reference, seed=32)
     assert max(z.values()) < threshold_for(reference), z
+
+
+def test_initial_control_variate_is_the_learning_signal_in_the_sharp_limit():
+    """c(z) = η f(σ(z/λ)) + r_ρ(x, z) starts at η = +1: with r_ρ's output layer zeroed and λ → 0
+    (σ(z/λ) → b = 1[z > 0]), c(z) = f(b), the REBAR term tracking f. RELAX is unbiased for every
+    c, so the z-tests cannot see a slip in η's sign (c = −f); this test and
+    test_variance_reduction's relax-vs-reinforce test do."""
+    estimator, model, x = relax_in_state("analytic", "initial")
+    control = estimator.control_variate
+    with torch.no_grad():
+        control.network[-1].weight.zero_()
+        control.network[-1].bias.zero_()
+        control.log_temperature.fill_(math.log(1e-4))
+    u = estimator.sample_noise(len(x), torch.Generator().manual_seed(37))
+    z = logistic_sample(model.encode(x).detach(), u)
+    b = (z > 0).to(z.dtype)
+    c = control(x, z, lambda relaxed: model.log_likelihood(x, relaxed))
+    assert torch.allclose(c, model.log_likelihood(x, b), rtol=0, atol=1e-8)
 
 
 def explicit_relax(estimator, x: torch.Tensor, u: torch.Tensor):
