@@ -4,9 +4,10 @@ leave-one-out baseline: double control variates (Titsias & Shi 2022) and RODEO (
 Both estimate g = ∇_α E_q[f(b)] with respect to the encoder's logits α, shape (M, D), and chain it
 to φ. With θ = σ(α) the score is ∇_α log q(b|x) = b − θ, so g = E_q[f(b) (b − θ)]. K ≥ 2
 samples b_1..b_K = 1[u_k < θ] per example; f is log p(x|b) with kl='analytic' (−β ∇KL exact) or
-log p(x|b) + β (log p(b) − log q(b|x)) with kl='mc', evaluated at the K samples only (K
-evaluations of f). Both also use ∇_b f(b_k), the gradient of f's continuous extension (the
-decoder is an MLP of b) at those same samples: one vector-Jacobian product, no new point.
+log p(x|b) + β (log p(b) − log q(b|x)) with kl='mc' (log q at stopped φ, as in the authors'
+code: `discrete.BinaryLatentEstimator`), evaluated at the K samples only (K evaluations of f).
+Both also use ∇_b f(b_k), the gradient of f's continuous extension (the decoder is an MLP of b)
+at those same samples: one vector-Jacobian product, no new point.
 
 Each control variate's scale is a learned parameter, initialised at 0 (the estimator then is
 RLOO), and trained as in the authors' code: the surrogate carries −mean_{m,d} ĝ_{m,d}² (as
@@ -23,8 +24,8 @@ import torch
 from torch import nn
 from torch.func import vjp
 
-from vae_core.estimators.base import Estimator, EstimatorOutput, gradient_only, register
-from vae_core.estimators.discrete import logit_chain_surrogate
+from vae_core.estimators.base import EstimatorOutput, gradient_only, register
+from vae_core.estimators.discrete import BinaryLatentEstimator, logit_chain_surrogate
 
 
 def leave_one_out_mean(t: torch.Tensor) -> torch.Tensor:
@@ -32,11 +33,10 @@ def leave_one_out_mean(t: torch.Tensor) -> torch.Tensor:
     return (t.sum(0, keepdim=True) - t) / (t.shape[0] - 1)
 
 
-class LearnedControlVariateEstimator(Estimator):
+class LearnedControlVariateEstimator(BinaryLatentEstimator):
     """K ≥ 2 samples; subclasses give the logit gradient ĝ from detached (θ, b, f, ∇_b f), with
     gradient to their control-variate parameters only."""
 
-    latent = "bernoulli"
     min_particles = 2
 
     def logit_gradient(
@@ -52,9 +52,7 @@ class LearnedControlVariateEstimator(Estimator):
         b = self.model.transform(posterior, u)
 
         def signal(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            log_q = self.model.log_posterior(z, posterior)
-            f, kl_analytic, _ = self.signal_terms(x, z, log_q, posterior)
-            return f, kl_analytic
+            return self.learning_signal(x, z, posterior)
 
         f, pullback, kl_analytic = vjp(signal, b, has_aux=True)
         (f_grad,) = pullback(torch.ones_like(f))

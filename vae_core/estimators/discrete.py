@@ -6,6 +6,12 @@ from a continuous relaxation (Gumbel-softmax / binary Concrete), which is biased
 All noise is uniform, u ~ U(0, 1); b = 1[u < σ(α)] is a Bernoulli(σ(α)) sample. The learning
 signal f is log p(x|b) with kl='analytic' (−β ∇KL exact) or log p(x|b) + β(log p(b) − log q(b|x))
 with kl='mc'. In the unbiased estimators the decoder gradient is ∇_θ f at the sampled b, exact.
+
+With kl='mc', every estimator here (`BinaryLatentEstimator`) takes log q(b|x) in f at stopped φ,
+as the papers' code does (DisARM, RELAX, double CV, RODEO): the encoder gradient is the estimate
+of ∇_α E_q[f] chained to φ, without the term −β ∇_φ log q(b|x) at fixed b. Dropping it keeps
+the estimators unbiased, as E_q[∇_φ log q(b|x)] = Σ_b ∇_φ q(b|x) = ∇_φ 1 = 0; it changes only
+their variance.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import torch
 
 from vae_core.estimators.base import Estimator, EstimatorOutput, register
 from vae_core.estimators.score import Score, ScoreLeaveOneOut
+from vae_core.models import Posterior, stopped
 
 
 def logistic_sample(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -28,34 +35,54 @@ def logit_chain_surrogate(
     logit_grad: torch.Tensor, logits: torch.Tensor, f: torch.Tensor, kl_analytic: torch.Tensor
 ) -> torch.Tensor:
     """mean_m[ĝ_αᐟ · α] + mean f − mean KL, ĝ_α (M, D) an estimate of ∇_α E_q[f(b)] (ᐟ detached):
-    ∇_φ is the chain rule from ĝ_α, plus ∇_φ f at fixed b (−β ∇ log q, mean zero; kl='mc') and
-    −β ∇KL exact (kl='analytic'); ∇_θ is ∇_θ f at the sampled b, exact."""
+    ∇_φ is the chain rule from ĝ_α, plus −β ∇KL exact (kl='analytic'); f has no path to φ
+    (`BinaryLatentEstimator.learning_signal`); ∇_θ is ∇_θ f at the sampled b, exact."""
     return (logit_grad.detach() * logits).sum(-1).mean() + f.mean() - kl_analytic.mean()
 
 
+class BinaryLatentEstimator(Estimator):
+    """An estimator for binary latents whose learning signal f reaches φ only through its
+    estimate of ∇_α E_q[f] (module docstring): with kl='mc' f's log q(b|x) is taken at stopped φ;
+    ∇_b f (the continuous extension's input gradient) and the decoder and prior gradients stay."""
+
+    latent = "bernoulli"
+
+    def learning_signal(
+        self, x: torch.Tensor, b: torch.Tensor, posterior: Posterior
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f, β KL) of `Estimator.signal_terms` at the samples b, f's log q(b|x) at stopped φ."""
+        log_q_stopped = self.model.log_posterior(b, stopped(posterior))
+        f, kl_analytic, _ = super().signal_terms(x, b, log_q_stopped, posterior)
+        return f, kl_analytic
+
+    def signal_terms(
+        self, x: torch.Tensor, z: torch.Tensor, log_q: torch.Tensor, posterior: Posterior
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`learning_signal`, with log_q returned as given: the score term of REINFORCE and
+        RLOO (`Score.forward`) keeps its gradient."""
+        return (*self.learning_signal(x, z, posterior), log_q)
+
+
 @register("reinforce")
-class Reinforce(Score):
+class Reinforce(BinaryLatentEstimator, Score):
     """∇_φ ≈ f(b) ∇_φ log q_φ(b|x), no baseline (Williams 1992), on binary latents: the model
     samples b = 1[u < σ(α)], which has no path to φ."""
 
     summary = "score function / REINFORCE on Bernoulli latents, no baseline (Williams 1992)"
-    latent = "bernoulli"
 
 
 @register("reinforce_loo")
-class ReinforceLeaveOneOut(ScoreLeaveOneOut):
+class ReinforceLeaveOneOut(BinaryLatentEstimator, ScoreLeaveOneOut):
     """∇_φ ≈ (1/K) Σ_k (f_k − mean_{j≠k} f_j) ∇_φ log q_φ(b_k|x), K ≥ 2 (Kool et al. 2019)."""
 
     summary = "score function on Bernoulli latents, K>=2, leave-one-out baseline (RLOO)"
-    latent = "bernoulli"
 
 
-class AntitheticPairEstimator(Estimator):
+class AntitheticPairEstimator(BinaryLatentEstimator):
     """K/2 antithetic pairs per example from one u each: b = 1[u < σ(α)], b̃ = 1[1 − u < σ(α)],
     both marginally q(b|x). K counts evaluations of f, so K = 2 costs what RLOO with 2 samples
     does. Subclasses give the per-pair gradient with respect to the logits α."""
 
-    latent = "bernoulli"
     min_particles = 2
     particles_multiple = 2
 
@@ -79,8 +106,7 @@ class AntitheticPairEstimator(Estimator):
         (logits,) = posterior
         b, b_anti = self.model.transform(posterior, u), self.model.transform(posterior, 1 - u)
         both = torch.cat([b, b_anti])
-        log_q = self.model.log_posterior(both, posterior)
-        f, kl_analytic, _ = self.signal_terms(x, both, log_q, posterior)
+        f, kl_analytic = self.learning_signal(x, both, posterior)
         f_pair, f_anti = f.detach().chunk(2)
         logit_grad = self.logit_gradient(u, logits.detach(), b, b_anti, f_pair, f_anti)
         surrogate = logit_chain_surrogate(logit_grad.mean(0), logits, f, kl_analytic)

@@ -2,8 +2,8 @@
 Optimizing control variates for black-box gradient estimation", ICLR) for binary latents.
 
 Target: ∇_α E_{q(b|x)}[f(b)] for the encoder's logits α (then ∇_φ by the chain rule), f the
-learning signal of `Estimator.signal_terms`. Noise u ~ U(0, 1) gives the logistic sample
-z = α + log u − log(1 − u) ~ p(z|α) and b = H(z) = 1[z > 0] ~ q(b|x). z̃ ~ p(z|b, α) is the
+learning signal of `BinaryLatentEstimator.learning_signal`. Noise u ~ U(0, 1) gives the logistic
+sample z = α + log u − log(1 − u) ~ p(z|α) and b = H(z) = 1[z > 0] ~ q(b|x). z̃ ~ p(z|b, α) is the
 conditional sample z̃ = α + logit(v'), v' = v(1 − σ(α)) if b = 0, v' = 1 − σ(α)(1 − v) if b = 1,
 with v ~ U(0, 1). The estimator, for any differentiable c,
 
@@ -53,8 +53,12 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad
 
-from vae_core.estimators.base import Estimator, EstimatorOutput, gradient_only, register
-from vae_core.estimators.discrete import logistic_sample, logit_chain_surrogate
+from vae_core.estimators.base import EstimatorOutput, gradient_only, register
+from vae_core.estimators.discrete import (
+    BinaryLatentEstimator,
+    logistic_sample,
+    logit_chain_surrogate,
+)
 from vae_core.models import mlp
 
 
@@ -79,14 +83,13 @@ class RelaxControlVariate(nn.Module):
 
 
 @register("relax")
-class Relax(Estimator):
+class Relax(BinaryLatentEstimator):
     """ĝ_α = [f(b) − c(z̃)] ∇_α log q(b|x) + ∇_α c(z) − ∇_α c(z̃) with the learned
     c(z) = η f̃(σ(z/λ)) + r_ρ(x, z), tied z̃ (see the module docstring)."""
 
     summary = (
         "RELAX: REBAR term + learned net as control variate, variance-trained (Grathwohl 2018)"
     )
-    latent = "bernoulli"
     hidden = 200
     depth = 4
 
@@ -106,9 +109,7 @@ class Relax(Estimator):
         (logits,) = posterior
         z = logistic_sample(logits.detach(), u)
         b = (z > 0).to(u.dtype)
-        f, kl_analytic, _ = self.signal_terms(
-            x, b, self.model.log_posterior(b, posterior), posterior
-        )
+        f, kl_analytic = self.learning_signal(x, b, posterior)
         logit_grad = self.logit_gradient(x, logits.detach(), z, b, f.detach())
         surrogate = logit_chain_surrogate(logit_grad.mean(0), logits, f, kl_analytic)
         # The variance objective, whose gradient reaches φ_c only.
