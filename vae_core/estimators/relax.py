@@ -37,7 +37,8 @@ vmap(grad(...))), and V enters the surrogate as V − V.detach(): zero in value,
 for φ_c only. The main term uses ĝ detached, so it carries no gradient to φ_c.
 
 Hyper-parameters (paper, Appendix "Discrete VAE", and the authors' binary-VAE code): η = 1 and
-λ = ½ at the start, one scalar each; r_ρ a ReLU MLP with 4 hidden layers of 200 units (the best
+λ = ½ at the start. Our choice: one scalar each; the authors' binary_vae.py learns one η and one
+λ per latent. r_ρ a ReLU MLP with 4 hidden layers of 200 units (the best
 of {2, 4} layers) on the concatenated (x, z); the control variate's learning rate equals the
 model's (scale 1, the best of {1, 10}), set here by the harness's single Adam. Not used: the
 control variate's weight decay (searched over {1e-3, 1e-4}; 0 in the code's defaults), its 1,000
