@@ -4,6 +4,7 @@ parallel runs equal to serial ones."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 from bench.__main__ import main
 from bench.results import COLUMNS, FACT_COLUMNS, KEY, METRIC, STEP, VALUE, read_rows
 from bench.runner import bias_reference, build_estimator, run_configuration
-from bench.suites import RunConfig, get_suite
+from bench.suites import RunConfig, get_suite, with_seeds
 from vae_core.data import load_dataset
 from vae_core.estimators import REGISTRY, EstimatorOutput
 from vae_core.estimators.pathwise import Reparam
@@ -325,6 +326,10 @@ def test_same_command_gives_the_same_numbers_on_cpu():
             )
             for bad in ("0", "-1", "auto")
         ),
+        *(
+            (["--seeds", bad], f"--seeds {bad!r} is invalid; valid: a positive integer")
+            for bad in ("0", "two")
+        ),
     ],
 )
 def test_bad_arguments_get_one_line_and_status_2(tmp_path, capsys, extra, message):
@@ -384,3 +389,14 @@ def test_bias_reference_estimates_the_same_gradient(name, k, reference, referenc
     built = bias_reference(estimator)
     assert (built.name, built.n_particles, built.kl) == (reference, reference_k, estimator.kl)
     assert built.model is estimator.model
+
+
+def test_seeds_sets_every_configurations_seeds():
+    """--seeds N: seeds 0..N−1 of each configuration of the suite, nothing else changed."""
+    suite = get_suite("discrete")
+    more = with_seeds(suite, 7)
+    configurations = {dataclasses.replace(run, seed=0) for run in suite.runs}
+    assert {dataclasses.replace(run, seed=0) for run in more.runs} == configurations
+    assert len(more.runs) == 7 * len(configurations)
+    assert {run.seed for run in more.runs} == set(range(7))
+    assert len(with_seeds(suite, 1).runs) == len(configurations)
