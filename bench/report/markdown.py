@@ -445,8 +445,9 @@ def _comparison_note(table: pd.DataFrame, by_nll: bool) -> str:
         "row at 5% ÷ the number of rows it is compared with; the chance that the true best is "
         "ever told apart is then ≤ 5% (family-wise). p: that Bonferroni-adjusted p; n: seeds in "
         f"common with the first row. A row not told apart is ≈best only where its test detects "
-        f"a gap of {RELEVANT_GAP:.0f} nats with 80% power (detects: the gap it detects, from the "
-        "seeds' spread); otherwise too few seeds: the test could not have told."
+        f"a gap of {RELEVANT_GAP:.0f} nats with 80% power (detects: the gap it detects so, "
+        "with the seeds' sd at its 80% upper confidence bound); otherwise too few seeds: the "
+        "test could not have told."
     )
     if len(n) and (n < 2).all():
         return f"{text} No row has 2 or more seeds in common with the best: nothing can be told."

@@ -25,6 +25,7 @@ Z = float(stats.norm.ppf(0.5 + LEVEL / 2))  # 1.95996…: the two-sided normal q
 FAMILY_ALPHA = 0.05  # family-wise error rate of the comparisons with the best
 POWER = 0.8  # "≈best" needs this probability of telling apart a row RELEVANT_GAP behind
 RELEVANT_GAP = 10.0  # nats of the ranked metric that a comparison must be able to tell
+SD_CONFIDENCE = 0.8  # of the upper bound on the seeds' sd behind that power (detectable_gap)
 FLOOR_SDS = 2.0  # an SNR below floor + FLOOR_SDS · sd cannot be told from the floor
 TARGET_MARGIN = 5.0  # nats below the reference's final test ELBO: the equal-cost target
 
@@ -136,16 +137,20 @@ def compare_with_best(
 def detectable_gap(log_differences: ArrayLike, best_value: float, tests: ArrayLike) -> np.ndarray:
     """The gap (in the metric's units, above `best_value`) that the comparison of each row with
     the best detects with probability POWER: on the log scale, with s the sd of the n paired log
-    differences, δ = (t_{n−1}(1 − α/m) + t_{n−1}(POWER)) · s / √n (the normal-approximation
-    power formula with t quantiles), back on the natural scale best · (e^δ − 1). A row not told
-    apart is called "≈best" only where this is ≤ RELEVANT_GAP: otherwise "too few seeds"."""
+    differences, δ = (t_{n−1}(1 − α/m) + t_{n−1}(POWER)) · s⁺ / √n (the normal-approximation
+    power formula with t quantiles), back on the natural scale best · (e^δ − 1). s⁺ is the upper
+    SD_CONFIDENCE bound of the true sd, s · √((n−1) / χ²_{n−1}(1 − SD_CONFIDENCE)): s from 2 or 3
+    seeds is often far below the truth, and the plain s would call a row ≈best on luck. A row
+    not told apart is called "≈best" only where this is ≤ RELEVANT_GAP: otherwise "too few
+    seeds"."""
     d = np.asarray(log_differences, dtype=float)
     present = np.isfinite(d)
     n = present.sum(axis=-1)
     dof = np.maximum(n - 1, 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(present, d, 0.0).sum(axis=-1) / n
-        sd = np.sqrt(np.where(present, (d - mean[..., None]) ** 2, 0.0).sum(axis=-1) / (n - 1))
+        squares = np.where(present, (d - mean[..., None]) ** 2, 0.0).sum(axis=-1)
+        sd = np.sqrt(squares / stats.chi2.ppf(1 - SD_CONFIDENCE, dof))
         quantiles = stats.t.isf(FAMILY_ALPHA / np.asarray(tests), dof) + stats.t.ppf(POWER, dof)
         delta = quantiles * sd / np.sqrt(n)
         return np.where(n >= 2, best_value * np.expm1(delta), np.nan)
