@@ -368,7 +368,8 @@ def _best_cell(r, first: bool) -> str:
     if verdict == "no test":
         return f"no test (n = {r.best_n})"
     p = "p < 0.001" if r.best_p < 0.001 else f"p = {r.best_p:.2g}"
-    gap = f", detects {sig(r.best_gap)}" if verdict != "worse" else ""
+    detects = sig(r.best_gap) if r.best_gap < 1e4 else "> 10⁴"
+    gap = f", detects {detects}" if verdict != "worse" else ""
     return f"{verdict} ({p}, n = {r.best_n}{gap})"
 
 
