@@ -330,7 +330,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.environment import environment_record, write_environment
     from bench.execution import pinned_threads, train
     from bench.results import ResultsExistError, RunsFile, row_key
-    from bench.runner import estimator_facts
+    from bench.runner import estimator_facts, optimizer_kind
 
     gpus = resolve_gpus_per_run(args)
     device = resolve_device(args.device, args.backend, gpus)
@@ -363,6 +363,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             record = environment_record(device, suite.name, args.argv)
             # Each run's torch threads, not the driver's; on Ray, the cluster's resources.
             record.update(threads=threads, workers=workers, backend=args.backend)
+            record.update(optimizer=optimizer_kind(device))
             if args.backend == "ray":
                 record.update(ray_address=args.address or "local", cluster=backend.cluster)
             write_environment(args.out / "env.json", record, keep_history=args.resume)
