@@ -1,4 +1,4 @@
-"""Command line: python -m bench {list,run,report,toy}. The only place that parses or prints.
+"""Command line: python -m bench {list,run,report,agree,toy}. The only place that parses or prints.
 
 Each command imports what it needs when it runs: `report` reads a results directory alone, and
 works where torch and the estimator code are not importable.
@@ -98,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="results", type=Path, help="results directory")
     report.set_defaults(handler=cmd_report)
 
+    agree = commands.add_parser(
+        "agree", help="whether the results in OUT agree with the reference results"
+    )
+    agree.add_argument("--out", default="out", type=Path, help="your results directory")
+    agree.add_argument(
+        "--reference", default="results", type=Path, help="reference results (default: results)"
+    )
+    agree.set_defaults(handler=cmd_agree)
+
     toy = commands.add_parser("toy", help="Gaussian toy problem with exact answers")
     toy.add_argument("--cost", choices=COSTS, default="cos", help="cost f (default: cos)")
     toy.add_argument("--k", type=float, default=2.0, help="cost parameter k (default: 2)")
@@ -140,6 +149,21 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 2
     print(f"wrote {written[0]} and {len(written) - 1} other files in {out}")
     return 0
+
+
+def cmd_agree(args: argparse.Namespace) -> int:
+    """Each shared configuration's final metrics judged against the reference's (bench.compare);
+    1 when any differ, 2 when a directory has no runs."""
+    from bench.compare import compare, summary_lines
+    from bench.results import NoRunsError
+
+    try:
+        verdicts, timings = compare(args.out, args.reference)
+    except NoRunsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(summary_lines(verdicts, timings, args.reference)))
+    return int(any(v.verdict == "differ" for v in verdicts))
 
 
 def cmd_toy(args: argparse.Namespace) -> int:
