@@ -19,8 +19,9 @@ CONFIG = ("reparam", "analytic")
 
 
 def three_seeds(nll_shift: dict[int, float] | None = None, timing_factor: float = 1.0):
-    """The fixture's rows of reparam and stl for seeds 0, 1, 2, the final nll_test offset by SPREAD per seed, plus
-    `nll_shift[seed]` for CONFIG's estimator and KL mode; throughput times `timing_factor`."""
+    """The fixture's rows of reparam and stl for seeds 0, 1, 2, the final nll_test offset by
+    SPREAD per seed, plus `nll_shift[seed]` for CONFIG's estimator and KL mode; throughput times
+    `timing_factor`."""
     rows = pd.read_csv(FIXTURE, dtype={"value": float}).query("estimator in ('reparam', 'stl')")
     frames = []
     for seed in SEEDS:
