@@ -12,7 +12,10 @@ STAMP  := $(VENV)/.installed
 RAY       ?= ray==2.60.0
 RAY_STAMP := $(VENV)/.installed-ray
 
-OUT    ?= results
+# A newcomer's run goes to out/ (git-ignored) and ends compared with the committed reference in
+# REFERENCE; `make bench OUT=results` regenerates the reference on purpose.
+OUT       ?= out
+REFERENCE ?= results
 DEVICE ?= auto
 SUITE  ?= default
 # Configurations trained at once (each in its own process; 1 = all in the driver process) and
@@ -45,14 +48,20 @@ $(RAY_STAMP): $(STAMP)
 	touch $(RAY_STAMP)
 
 # Benchmark bodies (tests/benchmarks) run once each as plain tests, untimed. The Ray tests need
-# the extra, so it is installed here: none of them is skipped.
+# the extra, so it is installed here: none of them is skipped. On every core (pytest-xdist), a
+# test file to a worker, so that each module's shared set-up (its fixtures, its caches) is made
+# once. (--dist loadgroup with xdist_group marks would also keep the tests that start processes
+# apart, but pytest-xdist 3.8.0 under pytest 9.2 ignores the marks: measured.)
+TEST_WORKERS ?= auto
 test: $(STAMP) $(RAY_STAMP)
-	$(PY) -m pytest -q --benchmark-disable
+	$(PY) -m pytest -q --benchmark-disable -n $(TEST_WORKERS) --dist loadfile
 
 # The main job: train every configuration of $(SUITE) ($(WORKERS) at a time, $(CPUS_PER_RUN) torch
 # threads each), time each alone afterwards (the cost pass), compute the toy figure's data
-# (toy.csv), then write the report.
-# Starts afresh (replacing $(OUT)/runs.csv); `make bench RESUME=1` continues a killed run instead.
+# (toy.csv), write the report, then say whether the numbers agree with the reference's (every
+# configuration both ran, final metrics within their intervals; timings not judged); skipped when
+# $(OUT) is the reference. Starts afresh (replacing $(OUT)/runs.csv); `make bench RESUME=1`
+# continues a killed run instead.
 bench: $(STAMP) $(if $(filter ray,$(BACKEND)),$(RAY_STAMP))
 	$(PY) -m bench run --suite $(SUITE) --device $(DEVICE) --out $(OUT) \
 		--workers $(WORKERS) --cpus-per-run $(CPUS_PER_RUN) --backend $(BACKEND) \
@@ -60,8 +69,11 @@ bench: $(STAMP) $(if $(filter ray,$(BACKEND)),$(RAY_STAMP))
 		$(if $(RESUME),--resume,--overwrite)
 	$(PY) -m bench toy --out $(OUT)
 	$(PY) -m bench report --out $(OUT)
+	$(if $(filter $(abspath $(REFERENCE)),$(abspath $(OUT))),,\
+		$(PY) -m bench agree --out $(OUT) --reference $(REFERENCE))
 
-# Tables and plots from the stored results in $(OUT), without training or computing anything.
+# Tables and plots from the stored results in $(OUT), without training or computing anything
+# (`make plots OUT=results` for the committed reference).
 plots: $(STAMP)
 	$(PY) -m bench report --out $(OUT)
 

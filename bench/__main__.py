@@ -1,4 +1,4 @@
-"""Command line: python -m bench {list,run,report,toy}. The only place that parses or prints.
+"""Command line: python -m bench {list,run,report,agree,toy}. The only place that parses or prints.
 
 Each command imports what it needs when it runs: `report` reads a results directory alone, and
 works where torch and the estimator code are not importable.
@@ -104,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="results", type=Path, help="results directory")
     report.set_defaults(handler=cmd_report)
 
+    agree = commands.add_parser(
+        "agree", help="whether the results in OUT agree with the reference results"
+    )
+    agree.add_argument("--out", default="out", type=Path, help="your results directory")
+    agree.add_argument(
+        "--reference", default="results", type=Path, help="reference results (default: results)"
+    )
+    agree.set_defaults(handler=cmd_agree)
+
     toy = commands.add_parser("toy", help="Gaussian toy problem with exact answers")
     toy.add_argument("--cost", choices=COSTS, default="cos", help="cost f (default: cos)")
     toy.add_argument("--k", type=float, default=2.0, help="cost parameter k (default: 2)")
@@ -146,6 +155,21 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 2
     print(f"wrote {written[0]} and {len(written) - 1} other files in {out}")
     return 0
+
+
+def cmd_agree(args: argparse.Namespace) -> int:
+    """Each shared configuration's final metrics judged against the reference's (bench.compare);
+    1 when any differ, 2 when a directory has no runs."""
+    from bench.compare import compare, summary_lines
+    from bench.results import NoRunsError
+
+    try:
+        verdicts, timings = compare(args.out, args.reference)
+    except NoRunsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(summary_lines(verdicts, timings, args.reference)))
+    return int(any(v.verdict == "differ" for v in verdicts))
 
 
 def cmd_toy(args: argparse.Namespace) -> int:
@@ -343,7 +367,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.environment import environment_record, write_environment
     from bench.execution import pinned_threads, train
     from bench.results import ResultsExistError, RunsFile, row_key
-    from bench.runner import estimator_facts
+    from bench.runner import estimator_facts, optimizer_kind
 
     gpus = resolve_gpus_per_run(args)
     device = resolve_device(args.device, args.backend, gpus)
@@ -376,6 +400,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             record = environment_record(device, suite.name, args.argv)
             # Each run's torch threads, not the driver's; on Ray, the cluster's resources.
             record.update(threads=threads, workers=workers, backend=args.backend)
+            record.update(optimizer=optimizer_kind(device))
             if args.backend == "ray":
                 record.update(ray_address=args.address or "local", cluster=backend.cluster)
             write_environment(args.out / "env.json", record, keep_history=args.resume)

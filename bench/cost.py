@@ -26,7 +26,13 @@ from bench.results import (
     read_rows,
     row_key,
 )
-from bench.runner import build_estimator, measurement_generator, train_step
+from bench.runner import (
+    build_estimator,
+    make_optimizer,
+    measurement_generator,
+    optimizer_kind,
+    train_step,
+)
 from bench.suites import RunConfig
 from bench.timing import interleaved_medians
 from vae_core.data import Dataset, binarize
@@ -47,7 +53,7 @@ def timed_calls(
 ) -> tuple[Callable[[], object], Callable[[], object]]:
     """A whole optimiser step, and one gradient estimate, on a fresh estimator of `config`."""
     estimator = build_estimator(config, data.dim, device)
-    optimizer = torch.optim.Adam(estimator.parameters(), lr=config.learning_rate)
+    optimizer = make_optimizer(estimator.parameters(), config.learning_rate, optimizer_kind(device))
     generator = measurement_generator(config, config.steps + 2, device)
     x = binarize(data.train[: config.batch_size].to(device), generator)
     parameters = list(estimator.parameters())

@@ -11,6 +11,11 @@ import torch
 
 from vae_core.models import LatentModel
 
+# Rows (samples × examples) of one chunk of log_likelihood_estimate on CPU: 2,000 rows of 784
+# decoder logits (6 MB) stay in cache, where 500 samples of 100 digits (157 MB) do not; measured
+# 0.57x the CPU time of 500 samples a chunk (k = 1,000, 100 digits, mlp500), from the same draws.
+CPU_CHUNK_ROWS = 2000
+
 
 @torch.no_grad()
 def sampled_log_weights(
@@ -27,15 +32,18 @@ def log_likelihood_estimate(
     x: torch.Tensor,
     n_samples: int,
     generator: torch.Generator | None = None,
-    chunk_size: int = 500,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Importance-sampled log p(x) ≈ log (1/k) Σ_k p(x, z_k)/q(z_k|x) per example (Burda et al.).
 
     A lower bound in expectation (the IWAE bound with k = n_samples) that tightens as k grows.
-    Samples are drawn `chunk_size` at a time and combined exactly with logsumexp.
+    Samples are drawn `chunk_size` at a time (default: CPU_CHUNK_ROWS rows of samples × examples
+    on CPU, 500 samples elsewhere) and combined exactly with logsumexp.
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    if chunk_size is None:
+        chunk_size = max(1, CPU_CHUNK_ROWS // len(x)) if x.device.type == "cpu" else 500
     chunks = []
     remaining = n_samples
     while remaining > 0:

@@ -8,7 +8,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.runner import CHECK_EVERY, DivergenceMonitor, build_estimator, train_step
+from bench.runner import (
+    CHECK_EVERY,
+    DivergenceMonitor,
+    build_estimator,
+    make_optimizer,
+    optimizer_kind,
+    train_step,
+)
 from bench.suites import RunConfig
 
 ROUNDS = 15  # ~0.3-0.5 s of CPU time a round (50 steps)
@@ -20,7 +27,7 @@ WARMUP_ROUNDS = 2
 def test_training_loop(benchmark, device, binary_batch, synchronized, checked: bool) -> None:
     config = RunConfig()
     estimator = build_estimator(config, binary_batch.shape[1], device)
-    optimizer = torch.optim.Adam(estimator.parameters(), lr=config.learning_rate)
+    optimizer = make_optimizer(estimator.parameters(), config.learning_rate, optimizer_kind(device))
     generator = torch.Generator(device=device).manual_seed(config.seed)
     monitor = DivergenceMonitor(CHECK_EVERY, device)
     benchmark.extra_info.update(checked=checked, steps=CHECK_EVERY)
