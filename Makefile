@@ -18,6 +18,8 @@ OUT       ?= out
 REFERENCE ?= results
 DEVICE ?= auto
 SUITE  ?= default
+# Seeds 0..SEEDS-1 of every configuration (empty: the suite's own; the reference runs SEEDS=5).
+SEEDS  ?=
 # Configurations trained at once (each in its own process; 1 = all in the driver process) and
 # torch threads per run. auto = cores / CPUS_PER_RUN (1 on CUDA): on the 2-core reference machine
 # two 1-thread runs side by side train faster in total than one 2-thread run (README).
@@ -66,16 +68,16 @@ bench: $(STAMP) $(if $(filter ray,$(BACKEND)),$(RAY_STAMP))
 	$(PY) -m bench run --suite $(SUITE) --device $(DEVICE) --out $(OUT) \
 		--workers $(WORKERS) --cpus-per-run $(CPUS_PER_RUN) --backend $(BACKEND) \
 		$(if $(RAY_ADDRESS),--address $(RAY_ADDRESS)) --gpus-per-run $(GPUS_PER_RUN) \
-		$(if $(RESUME),--resume,--overwrite)
+		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(RESUME),--resume,--overwrite)
 	$(PY) -m bench toy --out $(OUT)
 	$(PY) -m bench report --out $(OUT)
 	$(if $(filter $(abspath $(REFERENCE)),$(abspath $(OUT))),,\
 		$(PY) -m bench agree --out $(OUT) --reference $(REFERENCE))
 
-# Tables and plots from the stored results in $(OUT), without training or computing anything
-# (`make plots OUT=results` for the committed reference).
+# Tables and plots from stored results, without training or computing anything: the committed
+# reference in $(REFERENCE), or the directory given as OUT (`make plots OUT=out`).
 plots: $(STAMP)
-	$(PY) -m bench report --out $(OUT)
+	$(PY) -m bench report --out $(if $(filter command line environment,$(origin OUT)),$(OUT),$(REFERENCE))
 
 # Performance regression check with pytest-benchmark (tests/benchmarks). Timings belong to one
 # machine and live in $(BENCH_STORAGE)/ (git-ignored): `make bench-baseline` before a change,
