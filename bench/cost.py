@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from bench.optimisers import build_optimizer
 from bench.results import (
     COST_COMPLETE,
     Measurements,
@@ -47,7 +48,7 @@ def timed_calls(
 ) -> tuple[Callable[[], object], Callable[[], object]]:
     """A whole optimiser step, and one gradient estimate, on a fresh estimator of `config`."""
     estimator = build_estimator(config, data.dim, device)
-    optimizer = torch.optim.Adam(estimator.parameters(), lr=config.learning_rate)
+    optimizer = build_optimizer(estimator, config.learning_rate, config.optimizer)
     generator = measurement_generator(config, config.steps + 2, device)
     x = binarize(data.train[: config.batch_size].to(device), generator)
     parameters = list(estimator.parameters())

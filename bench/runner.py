@@ -24,6 +24,7 @@ from itertools import pairwise
 
 import torch
 
+from bench.optimisers import RunOptimizer, build_optimizer
 from bench.results import COMPLETE, DIVERGED, Measurements
 from bench.suites import MODELS, RunConfig
 from bench.timing import Stopwatch
@@ -96,7 +97,7 @@ def estimator_facts(config: RunConfig) -> dict[str, object]:
 
 def train_step(
     estimator: Estimator,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | RunOptimizer,
     x: torch.Tensor,
     generator: torch.Generator | None,
 ) -> EstimatorOutput:
@@ -212,7 +213,7 @@ def run_configuration(
     """
     estimator = build_estimator(config, data.dim, device)
     estimator.model.check_input(data.train[:1].to(device))
-    optimizer = torch.optim.Adam(estimator.parameters(), lr=config.learning_rate)
+    optimizer = build_optimizer(estimator, config.learning_rate, config.optimizer)
     data = data.to(device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     stream = batches(data.train, config.batch_size, generator)

@@ -6,6 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from bench.optimisers import OptimizerConfig
 from vae_core.estimators import REGISTRY
 from vae_core.models import ModelConfig
 
@@ -46,7 +47,8 @@ class RunConfig:
     seed: int = 0
     steps: int = 3000  # 75 epochs of mnist5k's 4,000 training digits at batch 100
     batch_size: int = 100
-    learning_rate: float = 1e-3
+    learning_rate: float = 1e-3  # of the optimiser's main rule
+    optimizer: OptimizerConfig = OptimizerConfig()  # default: Adam, torch's defaults, no schedule
     n_checkpoints: int = 8  # log-spaced, plus step 0
     elbo_checkpoints: int = 30  # evenly spaced extra steps measuring only elbo_test
     grad_draws: int = 100  # R gradient draws per variance measurement
