@@ -192,7 +192,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"  {name:13s} {cls.latent} latents, kl={kl}, {k} — {cls.summary}")
     print("\nData sets")
     for name, description in describe_datasets().items():
-        print(f"  {name:12s} {description}")
+        print(f"  {name:13s} {description}")
     print("\nModels")
     for name, config in MODELS.items():
         layers = "-".join(str(size) for size in ("D", *config.hidden, config.latent_dim))
