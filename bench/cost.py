@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from bench.optimisers import build_optimizer, optimizer_kind
 from bench.results import (
     COST_COMPLETE,
     Measurements,
@@ -26,13 +27,7 @@ from bench.results import (
     read_rows,
     row_key,
 )
-from bench.runner import (
-    build_estimator,
-    make_optimizer,
-    measurement_generator,
-    optimizer_kind,
-    train_step,
-)
+from bench.runner import build_estimator, measurement_generator, train_step
 from bench.suites import RunConfig
 from bench.timing import interleaved_medians
 from vae_core.data import Dataset, binarize
@@ -53,7 +48,9 @@ def timed_calls(
 ) -> tuple[Callable[[], object], Callable[[], object]]:
     """A whole optimiser step, and one gradient estimate, on a fresh estimator of `config`."""
     estimator = build_estimator(config, data.dim, device)
-    optimizer = make_optimizer(estimator.parameters(), config.learning_rate, optimizer_kind(device))
+    optimizer = build_optimizer(
+        estimator, config.learning_rate, config.optimizer, optimizer_kind(device)
+    )
     generator = measurement_generator(config, config.steps + 2, device)
     x = binarize(data.train[: config.batch_size].to(device), generator)
     parameters = list(estimator.parameters())

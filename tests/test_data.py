@@ -67,14 +67,15 @@ def mnist_dir(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
 
 def test_describe_datasets_covers_every_name() -> None:
     descriptions = describe_datasets()
-    assert tuple(descriptions) == DATASETS == ("mnist5k", "digits", "mnist", "synthetic")
+    assert tuple(descriptions) == DATASETS
+    assert DATASETS == ("mnist5k", "digits", "mnist", "fashion_mnist", "synthetic")
     assert all(isinstance(d, str) and d and "\n" not in d for d in descriptions.values())
 
 
 def test_unknown_name_lists_valid_names() -> None:
     with pytest.raises(DataError, match="unknown data set 'foo'") as info:
         load_dataset("foo")
-    assert "valid: mnist5k, digits, mnist, synthetic" in str(info.value)
+    assert "valid: mnist5k, digits, mnist, fashion_mnist, synthetic" in str(info.value)
     assert isinstance(info.value, ValueError)
 
 
@@ -197,14 +198,48 @@ def test_mnist_data_dir_overrides_environment(mnist_dir, tmp_path_factory, monke
     _check_round_trip(load_dataset("mnist", data_dir=directory), train, test)
 
 
-def test_mnist_without_directory(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("VAE_BENCH_DATA", raising=False)
+def test_fashion_mnist_from_data_dir_and_debian_folder(mnist_dir, monkeypatch) -> None:
+    directory, train, test = mnist_dir
+    monkeypatch.setattr(data, "FASHION_MNIST_DIR", directory)
+    ds = load_dataset("fashion_mnist")
+    assert ds.name == "fashion_mnist"
+    _check_round_trip(ds, train, test)
+    monkeypatch.setattr(data, "FASHION_MNIST_DIR", directory / "absent")
+    _check_round_trip(load_dataset("fashion_mnist", data_dir=directory), train, test)
+
+
+def test_fashion_mnist_without_directory_is_one_line(mnist_dir, tmp_path, monkeypatch) -> None:
+    directory, _, _ = mnist_dir
+    monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path / "absent")
+    monkeypatch.setenv("VAE_BENCH_DATA", str(directory))  # mnist's folder: never fashion's
     with pytest.raises(DataError) as info:
-        load_dataset("mnist")
+        load_dataset("fashion_mnist")
     message = str(info.value)
-    assert "--data-dir" in message and "VAE_BENCH_DATA" in message and "MNIST" in message
-    assert "gz" in message
+    assert "\n" not in message and message.startswith("data set fashion_mnist:")
+    assert "--data-dir" in message and "dataset-fashion-mnist" in message
     assert all(name in message for name in data.MNIST_FILES)
+
+
+def test_fashion_mnist_errors_name_the_data_set(mnist_dir) -> None:
+    directory, _, _ = mnist_dir
+    (directory / "t10k-images-idx3-ubyte").write_bytes(b"\0" * 3)
+    with pytest.raises(DataError, match="^data set fashion_mnist: .*truncated"):
+        load_dataset("fashion_mnist", data_dir=directory)
+
+
+@pytest.mark.skipif(
+    not data.FASHION_MNIST_DIR.is_dir(), reason="Debian package dataset-fashion-mnist not installed"
+)
+def test_fashion_mnist_from_debian_package() -> None:
+    ds = load_dataset("fashion_mnist")
+    assert ds.train.shape == (60000, 784) and ds.test.shape == (10000, 784)
+    # Its ten classes are balanced (6,000 / 1,000 each), and its mean grey level is 0.2860, the
+    # figure commonly used to normalise it: tells it apart from MNIST (0.1307).
+    for prefix, per_class in (("train", 6000), ("t10k", 1000)):
+        path = data.FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz"
+        labels = data._read_idx("fashion_mnist", path, 0x00000801, 1)
+        assert np.bincount(labels).tolist() == [per_class] * 10
+    assert round(ds.train.mean().item(), 4) == 0.2860
 
 
 def test_mnist_directory_does_not_exist(tmp_path: Path) -> None:

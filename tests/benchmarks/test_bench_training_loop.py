@@ -8,12 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.optimisers import make_optimizer, optimizer_kind
 from bench.runner import (
     CHECK_EVERY,
     DivergenceMonitor,
     build_estimator,
-    make_optimizer,
-    optimizer_kind,
     train_step,
 )
 from bench.suites import RunConfig
