@@ -242,12 +242,14 @@ class RunsFile:
         torch.save(states, tmp)
         os.replace(tmp, path)
 
-    def load_states(self, config: RunConfig, device: str) -> dict[int, dict] | None:
-        """The states `save_states` wrote for `config`, None when there are none."""
+    def has_states(self, config: RunConfig, device: str) -> bool:
+        return self.states_path(config, device).is_file()
+
+    def load_states(self, config: RunConfig, device: str) -> dict[int, dict]:
+        """The states `save_states` wrote for `config`."""
         import torch
 
-        path = self.states_path(config, device)
-        return torch.load(path, map_location="cpu") if path.is_file() else None
+        return torch.load(self.states_path(config, device), map_location="cpu")
 
     def place(self, config: RunConfig, device: str, phase: str, placement: Placement) -> None:
         """One line of placements.csv: where `config` ran its `phase` (train, cost or shared)."""

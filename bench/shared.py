@@ -160,37 +160,45 @@ def variance_reference(estimator: Estimator) -> Estimator:
     return make_estimator(cls.name, estimator.model, kl, cls.min_particles, estimator.beta)
 
 
-def shared_jobs(
-    configs: Iterable[RunConfig], runs: RunsFile, device: str
-) -> list[tuple[RunConfig, States]]:
-    """(configuration, its reference trajectory's states) of every seed-0 configuration that
-    runs.csv shows trained and not yet through the shared pass, and whose reference trajectory
-    has states in DIR/states/ (those without are left for a later --resume)."""
-    progress = Progress.of(read_rows(runs.path))
-    loaded: dict[RunConfig, States | None] = {}
-    jobs = []
+def pending_trajectories(
+    configs: Iterable[RunConfig], progress: Progress, device: str
+) -> dict[RunConfig, RunConfig]:
+    """Each seed-0 configuration of `configs` that runs.csv shows trained and not yet through
+    the shared pass, with its reference trajectory: the first of `trajectory_candidates` that
+    runs.csv shows trained (configurations without one are left for a later --resume)."""
+    pending = {}
     for config in configs:
         if config.seed != 0 or not progress.needs_shared(row_key(config, device)):
             continue
-        for trajectory in trajectory_candidates(config):
-            if trajectory not in loaded:
-                loaded[trajectory] = runs.load_states(trajectory, device)
-            if loaded[trajectory]:
-                jobs.append((config, loaded[trajectory]))
-                break
-    return jobs
+        trained = (
+            t for t in trajectory_candidates(config) if row_key(t, device) in progress.trained
+        )
+        trajectory = next(trained, None)
+        if trajectory is not None:
+            pending[config] = trajectory
+    return pending
 
 
 def shared_pass(
     configs: Iterable[RunConfig], backend: Backend, device: torch.device, runs: RunsFile
 ) -> Sequence[RunConfig]:
-    """Measure every pending configuration of `configs` (`shared_jobs`) at its reference
-    trajectory's parameters on `backend`, appending each one's rows in one write (with where
-    they were measured); returns those configurations."""
+    """Measure every pending configuration of `configs` (`pending_trajectories`) at its
+    reference trajectory's parameters on `backend`, appending each one's rows in one write
+    (with where they were measured); returns those configurations. A trajectory whose states
+    are missing (results written before this pass existed, or DIR/states/ deleted) is trained
+    again on `backend` to regenerate them (its rows are not written again: on CPU the same
+    configuration trains to the same parameters)."""
+    pending = pending_trajectories(configs, Progress.of(read_rows(runs.path)), device.type)
+    trajectories = set(pending.values())
+    missing = [
+        t for t in sorted(trajectories, key=RunConfig.label) if not runs.has_states(t, device.type)
+    ]
+    for finished in backend.run(missing):
+        runs.save_states(finished.config, device.type, finished.result.states)
+    states = {t: runs.load_states(t, device.type) for t in trajectories}
+    jobs = [(config, states[trajectory]) for config, trajectory in pending.items()]
     done = []
-    for config, measurements, placement in backend.measure_shared(
-        shared_jobs(configs, runs, device.type)
-    ):
+    for config, measurements, placement in backend.measure_shared(jobs):
         runs.place(config, device.type, "shared", placement)
         runs.append(config, device.type, measurements)
         done.append(config)
