@@ -376,10 +376,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                             f"{finished.result.steps_done}",
                             file=sys.stderr,
                         )
-                suite_bar.set_description(f"suite {suite.name}: cost pass")
-                costed = cost_pass(suite.runs, backend, device, runs)
                 suite_bar.set_description(f"suite {suite.name}: shared-parameter pass")
                 shared = shared_pass(suite.runs, backend, device, runs)
+                suite_bar.set_description(f"suite {suite.name}: cost pass")
+                costed = cost_pass(suite.runs, backend, device, runs)
         finally:
             if args.backend == "ray":
                 from bench.ray_backend import disconnect

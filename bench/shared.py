@@ -2,11 +2,11 @@
 
 Each run's own checkpoints compare differently trained models (only step 0 shares parameters),
 whereas the theory the README cites (Roeder et al. 2017, Rainforth et al. 2018, Dong et al. 2020)
-compares estimators at the same parameters. So after training, for every seed-0 configuration,
-the model is set to the parameters of the section's reference trajectory (the seed-0 run of the
-variance reference, reparam or disarm, in the same KL mode and β, else analytic KL, else β = 1;
-bench.suites.is_reference_trajectory) at each of its shared checkpoints
-(RunConfig.shared_checkpoints), and on the fixed minibatch of the run's checkpoints
+compares estimators at the same parameters. So after training (before the cost pass), for every
+seed-0 configuration, the model is set to the parameters of the section's reference trajectory
+(the seed-0 run of the variance reference, reparam or disarm, in the same KL mode and β, else
+analytic KL, else β = 1; bench.suites.is_reference_trajectory) at each of its shared
+checkpoints (RunConfig.shared_checkpoints), and on the fixed minibatch of the run's checkpoints
 (`grad_batch` examples of train_eval_binary) it draws
 
     R gradients of the estimator   → shared_grad_var_G, shared_grad_var_se_G (vae_core.gradients),
