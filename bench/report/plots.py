@@ -109,8 +109,8 @@ PLOTS: tuple[Plot, ...] = (
     Plot(
         "shared_variance",
         plot_shared_variance,
-        "Encoder gradient variance ÷ the section's variance reference's (reparam, or disarm for "
-        "binary latents) at shared parameters: every estimator and the reference draw at the "
+        "Encoder gradient variance ÷ the section's variance reference's (estimators.csv) at "
+        "shared parameters: every estimator and the reference draw at the "
         "parameters of the reference's seed-0 run at a few of its steps, on the same minibatch, "
         "independently (bars: 95% interval of the ratio). Unlike the per-run ratios, which "
         "compare differently trained models, this is the comparison the theory makes.",
