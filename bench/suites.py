@@ -58,6 +58,9 @@ class RunConfig:
     nll_examples: int = 500  # test examples for nll_test (~5 s of a ~30 s mlp500 run)
     timed_steps: int = 20  # timed optimiser steps for throughput (median)
     bias_draws: int = 1000  # reference draws for the bias of a biased estimator (grad_bias_*)
+    # Steps adapting an estimator's auxiliary state (baselines, control variates) at the frozen
+    # parameters of the reference trajectory before the shared-parameter draws (bench.shared).
+    shared_adapt_steps: int = 100
 
     @property
     def key(self) -> tuple[str, str, str, str, int, float, int]:
@@ -76,6 +79,14 @@ class RunConfig:
         }
         return sorted({0, *spaced})
 
+    def shared_checkpoints(self) -> list[int]:
+        """The checkpoints where every estimator is also measured at the reference trajectory's
+        parameters (bench.shared): step 0, the checkpoint nearest (in log steps) to a tenth of
+        training, and the last."""
+        later = self.checkpoints()[1:]
+        tenth = min(later, key=lambda step: abs(math.log(10 * step / self.steps)))
+        return sorted({0, tenth, self.steps})
+
     def elbo_only_checkpoints(self) -> list[int]:
         """`elbo_checkpoints` evenly spaced steps, other than `checkpoints()`, where only the test
         ELBO is measured: enough points on the ELBO-against-seconds curve to read off when a
@@ -84,6 +95,19 @@ class RunConfig:
             round(self.steps * i / self.elbo_checkpoints) for i in range(1, self.elbo_checkpoints)
         }
         return sorted(evenly - {0, *self.checkpoints()})
+
+
+def is_reference_trajectory(config: RunConfig) -> bool:
+    """Whether `config` is a reference trajectory: the seed-0 run of its model's variance
+    reference (reparam, or disarm for binary latents) at that estimator's smallest K. Its model's
+    parameters at `shared_checkpoints()` are kept, and every estimator of the same model is
+    measured at them (bench.shared)."""
+    cls = REGISTRY[config.estimator]
+    return (
+        config.seed == 0
+        and config.estimator == cls.variance_reference()
+        and config.k == cls.min_particles
+    )
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ def test_a_local_ray_instance_gives_the_local_rows(tmp_path, uninterrupted):
         header, *lines = [line.rstrip("\n").split(",") for line in handle]
     assert tuple(header) == PLACEMENT_COLUMNS
     phases = sorted(line[header.index("phase")] for line in lines)
-    assert phases == ["cost"] * 3 + ["train"] * 3
+    assert phases == ["cost"] * 3 + ["shared"] * 3 + ["train"] * 3
     assert {line[header.index("backend")] for line in lines} == {"ray"}
     assert {line[header.index("threads")] for line in lines} == {"1"}
 

@@ -311,14 +311,15 @@ def test_variance_relative_to_reparam_with_the_same_kl(reported):
 @pytest.mark.parametrize(
     ("results", "without"),
     [
-        ("reported", ("snr_vs_k", "variance_vs_k", "bias_variance")),
-        ("extended", ("toy_variance", "bias_variance")),
-        ("binary", ("snr_vs_k", "variance_vs_k", "toy_variance")),
+        ("reported", ("snr_vs_k", "variance_vs_k", "bias_variance", "shared_variance")),
+        ("extended", ("toy_variance", "bias_variance", "shared_variance")),
+        ("binary", ("snr_vs_k", "variance_vs_k", "toy_variance", "shared_variance")),
     ],
 )
 def test_every_plot_with_data_is_written_and_non_empty(results, without, request):
     """The base and binary runs have one K per estimator (no plot against K); only the binary
-    ones measure a bias; only the base results have the toy figure's data."""
+    ones measure a bias; only the base results have the toy figure's data; none has shared-
+    parameter rows (tests/test_report_shared.py draws that plot)."""
     out, written = request.getfixturevalue(results)
     assert written[:2] == [out / "summary.md", out / "summary.csv"]
     for name in PLOT_NAMES:

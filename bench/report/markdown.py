@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report.data import GROUP, format_beta
+from bench.report.shared_view import POSITIONS
 from bench.report.stats import FAMILY_ALPHA, RELEVANT_GAP, near_floor
 from bench.report.style import MISSING, group_title, sci, sig
 
@@ -56,6 +57,10 @@ def _section(table: pd.DataFrame, envs: dict[str, dict[str, object]]) -> list[st
     lines += ["Bound and gradients:", ""]
     lines += [_markdown(*_gradient_table(table, vary)), ""]
     lines += [_gradient_notes(table, vary[1]), ""]
+    if np.isfinite(table["shared_var_encoder_rel_last"]).any():
+        lines += ["At shared parameters:", ""]
+        lines += [_markdown(*_shared_table(table, vary)), ""]
+        lines += [_shared_notes(table), ""]
     for device in sorted(set(table["device"]) | {d for d in devices if d in envs}):
         lines.append(_env_line(envs.get(device, {}), device) + "  ")
     return lines
@@ -210,6 +215,55 @@ def _gradient_table(table: pd.DataFrame, vary: tuple[bool, bool]) -> Table:
         ]
 
     return _table(table, vary, header, cells, bold=False)
+
+
+def _shared_table(table: pd.DataFrame, vary: tuple[bool, bool]) -> Table:
+    """Encoder variance ÷ the reference's at the reference trajectory's parameters, at its
+    first, a middle and its last shared step, with 95% intervals; bias² ÷ the reference's
+    variance at the last step in sections with a biased estimator. Every row has a value where
+    its seed-0 run finished training, diverged or not (the parameters are the reference's)."""
+    bias = has_bias(table)
+    name = _reference_name(table)
+    steps = [int(table[f"shared_step_{p}"].dropna().iloc[0]) for p in POSITIONS]
+    header = [f"enc. var ÷ {name}, step {step}" for step in steps]
+    header += [f"enc. bias² ÷ {name} var, step {steps[-1]}"] if bias else []
+    keys = ["estimator", "KL"] + (["K"] if vary[0] else []) + (["β"] if vary[1] else [])
+    rows = []
+    for r in table.itertuples():
+        row = _key_cells(r, vary, bold=False)
+        for position in POSITIONS:
+            ratio = f"shared_var_encoder_rel_{position}"
+            low, high = getattr(r, f"{ratio}_low"), getattr(r, f"{ratio}_high")
+            row.append(_with_interval(sig(getattr(r, ratio)), low, high))
+        if bias:
+            ratio = "shared_bias_encoder_rel_last"
+            value = getattr(r, ratio)
+            cell = MISSING if not r.biased else sig(value) if value > 0 else f"{value:.2g} (none)"
+            low, high = getattr(r, f"{ratio}_low"), getattr(r, f"{ratio}_high")
+            row.append(_with_interval(cell, low, high) if r.biased and value > 0 else cell)
+        rows.append(row)
+    return keys + header, rows, [False, False] + [True] * (len(keys) + len(header) - 2)
+
+
+def _shared_notes(table: pd.DataFrame) -> str:
+    """What the shared-parameter ratios are, and their interval."""
+    name = _reference_name(table)
+    bias = (
+        " Bias² ÷ var: the debiased squared bias (as in the table above) ÷ the reference's "
+        "variance at the same state; ≤ 0 (none) where no bias is detectable."
+    )
+    return (
+        f"Each row's seed-0 estimator and {name} (at its smallest K, in the row's KL mode, else "
+        f"analytic) draw R gradients each, independently, at the parameters of {name}'s own "
+        "seed-0 run (same KL mode and β, else analytic, else β = 1) at the steps shown, on the "
+        "same fixed minibatch; an estimator's auxiliary state (baselines, control variates) is "
+        "rebuilt and adapted at those frozen parameters first. So unlike enc. var ÷ in the "
+        "headline table, both sides of a ratio share parameters, as in the theory's "
+        "comparisons; the reference's own row is the ratio of two independent estimates of the "
+        "same variance. [95% interval] by the delta method on the log ratio of the two "
+        "independent estimates, r · exp(∓1.96 · s), s² = (se₁/v₁)² + (se₂/v₂)², each se from "
+        "its draws." + (bias if has_bias(table) else "")
+    )
 
 
 def _headline_notes(table: pd.DataFrame, by_nll: bool, vary_beta: bool) -> str:
@@ -424,7 +478,8 @@ def _variance_note(table: pd.DataFrame) -> str:
     )
     text = (
         f"Enc. var ÷ {name}: the final encoder gradient variance (below) ÷ {name}'s with the "
-        f"same KL mode (else analytic) and β (else 1) at K = {k}, {others}"
+        f"same KL mode (else analytic) and β (else 1) at K = {k}, {others}, each at the end "
+        "of its own training: a ratio between differently trained models"
     )
     if not np.isfinite(table["grad_var_encoder_rel_low"]).any():
         return f"{text}; no interval: runs.csv predates grad_var_se (the variances' errors)."

@@ -14,6 +14,7 @@ from bench.report.final_plots import (
     plot_throughput,
     plot_variance_cost,
 )
+from bench.report.shared_view import plot_shared_variance
 from bench.report.style import Look
 from bench.report.sweep_plots import plot_rate_distortion, plot_snr_vs_k, plot_variance_vs_k
 from bench.report.toy_plot import plot_toy
@@ -104,6 +105,17 @@ PLOTS: tuple[Plot, ...] = (
         "and debiased, so it is ≤ 0 where no bias is detectable; such values are drawn as 0 (no "
         "bar) on the log axis.",
         "no finished run has bias measurements (grad_bias_encoder, recorded for biased estimators)",
+    ),
+    Plot(
+        "shared_variance",
+        plot_shared_variance,
+        "Encoder gradient variance ÷ the section's variance reference's (estimators.csv) at "
+        "shared parameters: every estimator and the reference draw at the "
+        "parameters of the reference's seed-0 run at a few of its steps, on the same minibatch, "
+        "independently (bars: 95% interval of the ratio). Unlike the per-run ratios, which "
+        "compare differently trained models, this is the comparison the theory makes.",
+        "no shared-parameter measurements (shared_complete; written by `python -m bench run` "
+        "after training, --resume adds them)",
     ),
     Plot(
         "toy_variance",

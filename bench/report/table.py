@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report.data import CONFIG, GROUP, ROW, Results, format_beta, primary_device
+from bench.report.shared_view import shared_columns
 from bench.report.stats import (
     compare_with_best,
     log_interval,
@@ -67,7 +68,8 @@ def summary_table(results: Results) -> pd.DataFrame:
     (the section's reference estimator, see `section_reference`) and `grad_var_G_rel` with its
     interval `grad_var_G_rel_low/high` (÷ that reference, see `_relative`); `throughput_<device>`
     for cpu, cuda and any other device present; `ranked_by` ("nll_test" or "elbo_test"); the
-    comparison with the section's best and the equal-cost view (`add_comparisons`). Sorted within
+    comparison with the section's best and the equal-cost view (`add_comparisons`); the variance
+    ratios at shared parameters (`shared_view.shared_columns`). Sorted within
     each (dataset, model) so the first row is the estimator to use: rows without divergence first,
     then by final test NLL, lowest first, when every such row has one (NLL compares ELBO- and
     IWAE-trained models fairly), else by final test ELBO, highest first.
@@ -134,7 +136,8 @@ def summary_table(results: Results) -> pd.DataFrame:
         kind="mergesort",
     )
     table = table.drop(columns=["_healthy", "_by_nll", "_rank"]).reset_index(drop=True)
-    return add_comparisons(table, results.primary, finals)
+    table = add_comparisons(table, results.primary, finals)
+    return table.join(shared_columns(table, results))
 
 
 def _finals_of(finals: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:

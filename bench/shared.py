@@ -1,0 +1,213 @@
+"""The shared-parameter pass: every estimator's gradient variance at the same parameters.
+
+Each run's own checkpoints compare differently trained models (only step 0 shares parameters),
+whereas the theory the README cites (Roeder et al. 2017, Rainforth et al. 2018, Dong et al. 2020)
+compares estimators at the same parameters. So after training (before the cost pass), for every
+seed-0 configuration, the model is set to the parameters of the section's reference trajectory
+(the seed-0 run of the variance reference, reparam or disarm, in the same KL mode and β, else
+analytic KL, else β = 1; bench.suites.is_reference_trajectory) at each of its shared
+checkpoints (RunConfig.shared_checkpoints), and on the fixed minibatch of the run's checkpoints
+(`grad_batch` examples of train_eval_binary) it draws
+
+    R gradients of the estimator   → shared_grad_var_G, shared_grad_var_se_G (vae_core.gradients),
+                                     and shared_grad_bias_G, shared_grad_bias_se_G against
+                                     `bias_draws` draws of its bias reference when biased;
+    R gradients of the reference   → shared_ref_grad_var_G, shared_ref_grad_var_se_G,
+
+R = grad_draws, the reference at its smallest K in the row's KL mode (analytic when it lacks it)
+and β. The two sets use consecutive noise from one generator, so they are independent given the
+parameters and the minibatch, which both share: the ratio shared_grad_var_G /
+shared_ref_grad_var_G estimates the ratio of the two estimators' variances at the same state,
+and its delta-method interval (bench.report.stats.log_ratio_interval) may add the two log
+variances' squared standard errors. Each configuration draws its own reference, so its ratio
+needs no other row; the reference's own row is then the ratio of two independent estimates of
+the same variance (1 in expectation).
+
+Auxiliary state (running baselines, baseline networks, learned control variates) depends on the
+parameters it was trained at, and another run's would be stale at the reference's parameters
+(e.g. a moving average of a worse model's f). It is therefore rebuilt from its initialisation
+and adapted for `shared_adapt_steps` training steps at the frozen model parameters (only the
+auxiliary parameters step, buffers advance by `update_state`) before the draws. A learned scale
+moves at most about lr per Adam step, so at a late checkpoint a control variate that its own run
+trained for thousands of steps is only partly adapted here: the shared view bounds such an
+estimator's variance from above, and the per-run view shows its fully trained one.
+
+Rows go at the checkpoint step, `shared_draws` (and `shared_adapt_steps` for an estimator with
+auxiliary state) and `shared_complete` last at the final step; `--resume` runs the pass again for
+a configuration without `shared_complete`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from bench.results import (
+    SHARED_COMPLETE,
+    SHARED_PREFIX,
+    Measurements,
+    Progress,
+    RunsFile,
+    read_rows,
+    row_key,
+)
+from bench.runner import batches, bias_reference, build_estimator, grad_method
+from bench.suites import RunConfig
+from vae_core.data import Dataset
+from vae_core.estimators import REGISTRY, Estimator, make_estimator
+from vae_core.gradients import gradient_statistics
+
+if TYPE_CHECKING:
+    from bench.execution import Backend
+
+States = dict[int, dict[str, torch.Tensor]]  # step → the model's state_dict
+REFERENCE = "ref_"  # the reference's draws at the same state: shared_ref_grad_var_G
+
+
+def trajectory_candidates(config: RunConfig) -> list[RunConfig]:
+    """The reference trajectories whose parameters `config` is measured at, in order of
+    preference: the seed-0 variance reference at its smallest K with the same KL mode and β,
+    then analytic KL, then β = 1."""
+    reference = REGISTRY[REGISTRY[config.estimator].variance_reference()]
+    base = dataclasses.replace(config, estimator=reference.name, k=reference.min_particles, seed=0)
+    options = [
+        dataclasses.replace(base, kl=kl, beta=beta)
+        for beta in dict.fromkeys([config.beta, 1.0])
+        for kl in dict.fromkeys([config.kl, "analytic"])
+    ]
+    return [option for option in options if option.kl in reference.kl_modes]
+
+
+def has_auxiliary_state(estimator: Estimator) -> bool:
+    """Whether the estimator learns state of its own: parameters outside the model, or a
+    running state advanced by `update_state`."""
+    own = any(not name.startswith("model.") for name, _ in estimator.named_parameters())
+    return own or type(estimator).update_state is not Estimator.update_state
+
+
+def adapt_auxiliary_state(
+    estimator: Estimator, data: Dataset, config: RunConfig, generator: torch.Generator
+) -> None:
+    """`shared_adapt_steps` training steps of the estimator's auxiliary parameters (Adam, the
+    run's learning rate) and buffers (`update_state`) at the frozen model parameters."""
+    auxiliary = [p for n, p in estimator.named_parameters() if not n.startswith("model.")]
+    optimizer = torch.optim.Adam(auxiliary, lr=config.learning_rate) if auxiliary else None
+    stream = batches(data.train, config.batch_size, generator)
+    for _ in range(config.shared_adapt_steps):
+        x = next(stream)
+        out = estimator(x, estimator.sample_noise(x.shape[0], generator))
+        if optimizer is not None:
+            grads = torch.autograd.grad(-out.surrogate, auxiliary, allow_unused=True)
+            for parameter, g in zip(auxiliary, grads, strict=True):
+                parameter.grad = g
+            optimizer.step()
+        estimator.update_state(out)
+
+
+def shared_generator(config: RunConfig, step: int, device: torch.device) -> torch.Generator:
+    """A generator of its own per (configuration, step), so that no two configurations' draws
+    share noise."""
+    seed = zlib.crc32(config.label().encode()) * 1_000_003 + step
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def measure_shared(
+    config: RunConfig, states: States, data: Dataset, device: torch.device
+) -> Measurements:
+    """The shared-parameter rows of `config` (module docstring) at each step of `states`."""
+    data = data.to(device)
+    x = data.train_eval_binary[: config.grad_batch]
+    method = grad_method(device)
+    rows: Measurements = []
+    adapts = False
+    for step in sorted(states):
+        estimator = build_estimator(config, data.dim, device)
+        estimator.model.load_state_dict(states[step])
+        generator = shared_generator(config, step, device)
+        adapts = has_auxiliary_state(estimator)
+        if adapts:
+            adapt_auxiliary_state(estimator, data, config, generator)
+        values = gradient_statistics(
+            estimator,
+            x,
+            config.grad_draws,
+            generator,
+            method,
+            reference=bias_reference(estimator),
+            n_reference_draws=config.bias_draws,
+        )
+        reference = variance_reference(estimator)
+        reference_values = gradient_statistics(reference, x, config.grad_draws, generator, method)
+        kept = {m: v for m, v in values.items() if m.startswith(("grad_var", "grad_bias"))}
+        kept |= {REFERENCE + m: v for m, v in reference_values.items() if m.startswith("grad_var")}
+        rows.append((step, {SHARED_PREFIX + m: v for m, v in kept.items()}))
+    final = {"shared_draws": float(config.grad_draws)}
+    if adapts:
+        final["shared_adapt_steps"] = float(config.shared_adapt_steps)
+    rows.append((config.steps, {**final, SHARED_COMPLETE: 1.0}))
+    return rows
+
+
+def variance_reference(estimator: Estimator) -> Estimator:
+    """The estimator's variance reference on the same model (sharing its parameters), at its
+    smallest K, in the estimator's KL mode when it has it (else analytic), with its β."""
+    cls = REGISTRY[type(estimator).variance_reference()]
+    kl = estimator.kl if estimator.kl in cls.kl_modes else "analytic"
+    return make_estimator(cls.name, estimator.model, kl, cls.min_particles, estimator.beta)
+
+
+def pending_trajectories(
+    configs: Iterable[RunConfig], progress: Progress, device: str
+) -> dict[RunConfig, RunConfig]:
+    """Each seed-0 configuration of `configs` that runs.csv shows trained and not yet through
+    the shared pass, with its reference trajectory: the first of `trajectory_candidates` that
+    runs.csv shows trained (configurations without one are left for a later --resume)."""
+    pending = {}
+    for config in configs:
+        if config.seed != 0 or not progress.needs_shared(row_key(config, device)):
+            continue
+        trained = (
+            t for t in trajectory_candidates(config) if row_key(t, device) in progress.trained
+        )
+        trajectory = next(trained, None)
+        if trajectory is not None:
+            pending[config] = trajectory
+    return pending
+
+
+def shared_pass(
+    configs: Iterable[RunConfig], backend: Backend, device: torch.device, runs: RunsFile
+) -> Sequence[RunConfig]:
+    """Measure every pending configuration of `configs` (`pending_trajectories`) at its
+    reference trajectory's parameters on `backend`, appending each one's rows in one write
+    (with where they were measured); returns those configurations. A trajectory whose states
+    are missing (results written before this pass existed, or DIR/states/ deleted) is trained
+    again on `backend` to regenerate them (its rows are not written again: on CPU the same
+    configuration trains to the same parameters)."""
+    pending = pending_trajectories(configs, Progress.of(read_rows(runs.path)), device.type)
+    trajectories = set(pending.values())
+    missing = [
+        t for t in sorted(trajectories, key=RunConfig.label) if not runs.has_states(t, device.type)
+    ]
+    for finished in backend.run(missing):
+        runs.save_states(finished.config, device.type, finished.result.states)
+    states = {t: runs.load_states(t, device.type) for t in trajectories}
+    jobs = [(config, states[trajectory]) for config, trajectory in pending.items()]
+    done = []
+    for config, measurements, placement in backend.measure_shared(jobs):
+        runs.place(config, device.type, "shared", placement)
+        runs.append(config, device.type, measurements)
+        done.append(config)
+    return done
+
+
+def measure_each(
+    jobs: Sequence[tuple[RunConfig, States]], data: Dataset, device: torch.device
+) -> Iterator[tuple[RunConfig, Measurements]]:
+    """measure_shared of each job, in order."""
+    for config, states in jobs:
+        yield config, measure_shared(config, states, data, device)
