@@ -25,7 +25,7 @@ import torch
 from bench.cost import Costs, measure_costs
 from bench.results import Measurements, Placement, RunsFile
 from bench.runner import RunResult, StepCallback, run_configuration
-from bench.shared import States, measure_each
+from bench.shared import SharedJob, measure_each
 from bench.suites import RunConfig
 from vae_core.data import Dataset, load_dataset
 
@@ -114,10 +114,11 @@ class Backend(Protocol):
         ...
 
     def measure_shared(
-        self, jobs: Sequence[tuple[RunConfig, States]]
+        self, jobs: Sequence[SharedJob]
     ) -> Iterator[tuple[RunConfig, Measurements, Placement]]:
-        """bench.shared.measure_shared of each (configuration, states) after all training; yield
-        each one's rows, and where it ran, as it finishes."""
+        """bench.shared.measure_shared of each job (configuration, reference states, its own
+        auxiliary states) after all training; yield each one's rows, and where it ran, as it
+        finishes."""
         ...
 
 
@@ -136,7 +137,7 @@ class DriverCosts:
             return costs, placement_here(self.backend, self.device)
 
     def measure_shared(
-        self, jobs: Sequence[tuple[RunConfig, States]]
+        self, jobs: Sequence[SharedJob]
     ) -> Iterator[tuple[RunConfig, Measurements, Placement]]:
         with pinned_threads(self.threads):
             for config, rows in measure_each(jobs, self.data, self.device):
@@ -219,11 +220,11 @@ def train(
     configs: Sequence[RunConfig], backend: Backend, runs: RunsFile, device: torch.device
 ) -> Iterator[Finished]:
     """Run `configs` on `backend`, recording where each ran and appending its rows in one write
-    (run_complete last) before yielding it; a reference trajectory's states are saved first, so
-    that a configuration with rows has its states."""
+    (run_complete last) before yielding it; the states a run kept (a reference trajectory's, a
+    seed-0 run's auxiliary state) are saved first, so that a configuration with rows has them."""
     for finished in backend.run(configs):
-        if finished.result.states:
-            runs.save_states(finished.config, device.type, finished.result.states)
+        result = finished.result
+        runs.save_kept_states(finished.config, device.type, result.states, result.auxiliary_states)
         runs.place(finished.config, device.type, "train", finished.placement)
         runs.append(finished.config, device.type, finished.result.measurements)
         yield finished

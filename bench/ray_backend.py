@@ -26,7 +26,7 @@ from bench.cost import Costs, measure_costs
 from bench.execution import Finished, pin_threads, pinned_task, placement_here
 from bench.results import Measurements, Placement
 from bench.runner import RunResult
-from bench.shared import States, measure_shared
+from bench.shared import SharedJob, States, measure_shared
 from bench.suites import RunConfig
 from vae_core.data import Dataset, load_dataset
 
@@ -67,11 +67,17 @@ def _cost_task(
 
 
 def _shared_task(
-    config: RunConfig, states: States, dataset: str, data_dir: str | None, device: str, threads: int
+    config: RunConfig,
+    states: States,
+    auxiliary: States,
+    dataset: str,
+    data_dir: str | None,
+    device: str,
+    threads: int,
 ) -> tuple[Measurements, Placement]:
     pin_threads(threads)
     where = torch.device(device)
-    rows = measure_shared(config, states, _dataset(dataset, data_dir), where)
+    rows = measure_shared(config, states, _dataset(dataset, data_dir), where, auxiliary)
     return rows, placement_here(BACKEND, where)
 
 
@@ -157,14 +163,14 @@ class RayBackend:
         return ray.get(task.remote(list(configs), *self.args))
 
     def measure_shared(
-        self, jobs: Sequence[tuple[RunConfig, States]]
+        self, jobs: Sequence[SharedJob]
     ) -> Iterator[tuple[RunConfig, Measurements, Placement]]:
         import ray
 
         task = ray.remote(num_cpus=self.threads, num_gpus=self.gpus, max_retries=MAX_RETRIES)(
             _shared_task
         )
-        pending = {task.remote(config, states, *self.args): config for config, states in jobs}
+        pending = {task.remote(*job, *self.args): job[0] for job in jobs}
         try:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)

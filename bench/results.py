@@ -14,8 +14,10 @@ cost rows of uncosted ones and the shared rows of those without `shared_complete
 those configurations (or passes) run again.
 
 DIR/states/ holds the model parameters of each reference trajectory at its shared checkpoints
-(one torch file per configuration, `save_states`), which the shared pass reads. They are
-regenerable (training on CPU is deterministic) and too large for git: not committed.
+(one torch file per configuration, `save_states`), and DIR/states/auxiliary/ the auxiliary state
+(learned baselines, control variates) of each seed-0 run that has one at its shared checkpoints;
+the shared pass reads both. They are regenerable (training on CPU is deterministic) and too large
+for git: not committed.
 
 estimators.csv, beside it, holds the facts of each (estimator, K) that ran, as the estimator
 declares them, so that a results directory can be read without the estimator code: its
@@ -39,7 +41,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -83,6 +85,7 @@ COST_METRICS = frozenset(
 
 SHARED_COMPLETE = "shared_complete"
 SHARED_PREFIX = "shared_"  # every metric of the shared-parameter pass (bench.shared)
+StateKind = Literal["model", "auxiliary"]  # what DIR/states/ keeps of a run (`save_states`)
 
 FACT_COLUMNS = (
     "estimator",
@@ -228,28 +231,45 @@ class RunsFile:
             writer.writerows(rows[key] for key in sorted(rows, key=lambda e: (e[0], int(e[1]))))
         os.replace(tmp, path)
 
-    def states_path(self, config: RunConfig, device: str) -> Path:
-        """DIR/states/<configuration>.pt: a reference trajectory's parameters by step."""
-        return self.path.with_name("states") / ("_".join(row_key(config, device)) + ".pt")
+    def states_path(self, config: RunConfig, device: str, kind: StateKind = "model") -> Path:
+        """DIR/states/<configuration>.pt: a reference trajectory's model parameters by step;
+        DIR/states/auxiliary/<configuration>.pt: a run's auxiliary state by step."""
+        folder = self.path.with_name("states")
+        if kind == "auxiliary":
+            folder = folder / "auxiliary"
+        return folder / ("_".join(row_key(config, device)) + ".pt")
 
-    def save_states(self, config: RunConfig, device: str, states: dict[int, dict]) -> None:
-        """{step: model state_dict} of `config` to states_path, written whole (tmp, replace)."""
+    def save_states(
+        self, config: RunConfig, device: str, states: dict[int, dict], kind: StateKind = "model"
+    ) -> None:
+        """{step: state_dict} of `config` to states_path, written whole (tmp, replace)."""
         import torch
 
-        path = self.states_path(config, device)
-        path.parent.mkdir(exist_ok=True)
+        path = self.states_path(config, device, kind)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".pt.tmp")
         torch.save(states, tmp)
         os.replace(tmp, path)
 
-    def has_states(self, config: RunConfig, device: str) -> bool:
-        return self.states_path(config, device).is_file()
+    def save_kept_states(
+        self, config: RunConfig, device: str, model: dict[int, dict], auxiliary: dict[int, dict]
+    ) -> None:
+        """The states a run kept (bench.runner.RunResult): each kind it has."""
+        if model:
+            self.save_states(config, device, model, "model")
+        if auxiliary:
+            self.save_states(config, device, auxiliary, "auxiliary")
 
-    def load_states(self, config: RunConfig, device: str) -> dict[int, dict]:
+    def has_states(self, config: RunConfig, device: str, kind: StateKind = "model") -> bool:
+        return self.states_path(config, device, kind).is_file()
+
+    def load_states(
+        self, config: RunConfig, device: str, kind: StateKind = "model"
+    ) -> dict[int, dict]:
         """The states `save_states` wrote for `config`."""
         import torch
 
-        return torch.load(self.states_path(config, device), map_location="cpu")
+        return torch.load(self.states_path(config, device, kind), map_location="cpu")
 
     def place(self, config: RunConfig, device: str, phase: str, placement: Placement) -> None:
         """One line of placements.csv: where `config` ran its `phase` (train, cost or shared)."""

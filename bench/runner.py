@@ -49,15 +49,20 @@ CHECK_EVERY = 50
 StepCallback = Callable[[int, float], None]  # (step, minibatch ELBO), every CHECK_EVERY steps
 
 
+States = dict[int, dict[str, torch.Tensor]]  # step → a state_dict (CPU tensors)
+
+
 @dataclass(frozen=True)
 class RunResult:
-    """A configuration's rows in the order measured, how the run ended, and for a reference
-    trajectory its model's parameters (CPU tensors) by step at its shared checkpoints."""
+    """A configuration's rows in the order measured and how the run ended; at its shared
+    checkpoints, for a reference trajectory its model's parameters (`states`) and for a seed-0
+    run of an estimator with auxiliary state that state (`auxiliary_states`), by step."""
 
     measurements: Measurements
     steps_done: int
     diverged: bool
-    states: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    states: States = field(default_factory=dict)
+    auxiliary_states: States = field(default_factory=dict)
 
 
 def build_estimator(config: RunConfig, input_dim: int, device: torch.device) -> Estimator:
@@ -67,6 +72,29 @@ def build_estimator(config: RunConfig, input_dim: int, device: torch.device) -> 
     model = build_model(dataclasses.replace(MODELS[config.model], input_dim=input_dim))
     estimator = make_estimator(config.estimator, model, config.kl, config.k, config.beta)
     return estimator.to(device)
+
+
+def has_auxiliary_state(estimator: Estimator) -> bool:
+    """Whether the estimator learns state of its own: parameters outside the model, or a
+    running state advanced by `update_state`."""
+    own = any(not name.startswith("model.") for name, _ in estimator.named_parameters())
+    return own or type(estimator).update_state is not Estimator.update_state
+
+
+def auxiliary_state(estimator: Estimator) -> dict[str, torch.Tensor]:
+    """CPU copies of the estimator's state outside its model (learned baselines and control
+    variates, running averages): its state_dict without `model.` entries."""
+    state = estimator.state_dict()
+    return {k: v.detach().cpu().clone() for k, v in state.items() if not k.startswith("model.")}
+
+
+def load_auxiliary_state(estimator: Estimator, state: dict[str, torch.Tensor]) -> None:
+    """Load `auxiliary_state`'s output into `estimator`, leaving its model alone; every
+    auxiliary entry must be given."""
+    missing, unexpected = estimator.load_state_dict(state, strict=False)
+    left = [name for name in missing if not name.startswith("model.")]
+    if left or unexpected:
+        raise ValueError(f"auxiliary state mismatch: missing {left}, unexpected {unexpected}")
 
 
 def bias_reference(estimator: Estimator) -> Estimator | None:
@@ -228,14 +256,19 @@ def run_configuration(
     monitor = DivergenceMonitor(config.steps, device)
     clock = Stopwatch(device)
     threads = {"threads": torch.get_num_threads()}
-    kept = set(config.shared_checkpoints()) if is_reference_trajectory(config) else set()
-    states: dict[int, dict[str, torch.Tensor]] = {}
+    shared = set(config.shared_checkpoints())
+    keeps_model = is_reference_trajectory(config)
+    keeps_auxiliary = config.seed == 0 and has_auxiliary_state(estimator)
+    states: States = {}
+    auxiliary_states: States = {}
 
     def keep_state(step: int) -> None:
-        if step in kept:
+        if step in shared and keeps_model:
             states[step] = {
                 k: v.detach().cpu().clone() for k, v in estimator.model.state_dict().items()
             }
+        if step in shared and keeps_auxiliary:
+            auxiliary_states[step] = auxiliary_state(estimator)
 
     keep_state(0)
     last = measure_checkpoint(estimator, data, config, device, 0)
@@ -248,7 +281,9 @@ def run_configuration(
         bad = monitor.check(stop)
         if bad is not None:
             rows.append((bad, {DIVERGED: 1.0, **threads, COMPLETE: 1.0}))
-            return RunResult(rows, bad, diverged=True, states=states)
+            return RunResult(
+                rows, bad, diverged=True, states=states, auxiliary_states=auxiliary_states
+            )
         if on_step is not None and stop % CHECK_EVERY == 0:
             on_step(stop, out.elbo.mean().item())
         keep_state(stop)
@@ -269,4 +304,6 @@ def run_configuration(
         **threads,
     }
     rows.append((config.steps, {**final, COMPLETE: 1.0}))
-    return RunResult(rows, config.steps, diverged=False, states=states)
+    return RunResult(
+        rows, config.steps, diverged=False, states=states, auxiliary_states=auxiliary_states
+    )

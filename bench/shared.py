@@ -23,18 +23,22 @@ variances' squared standard errors. Each configuration draws its own reference, 
 needs no other row; the reference's own row is then the ratio of two independent estimates of
 the same variance (1 in expectation).
 
-Auxiliary state (running baselines, baseline networks, learned control variates) depends on the
-parameters it was trained at, and another run's would be stale at the reference's parameters
-(e.g. a moving average of a worse model's f). It is therefore rebuilt from its initialisation
-and adapted for `shared_adapt_steps` training steps at the frozen model parameters (only the
-auxiliary parameters step, buffers advance by `update_state`) before the draws. A learned scale
-moves at most about lr per Adam step, so at a late checkpoint a control variate that its own run
-trained for thousands of steps is only partly adapted here: the shared view bounds such an
-estimator's variance from above, and the per-run view shows its fully trained one.
+Auxiliary state (running baselines, baseline networks, learned control variates) is trained
+along with the model, so starting it from its initialisation at a trained state understates
+what the estimator achieves (a control variate at 0 is plain RLOO). Each seed-0 run of such an
+estimator therefore keeps its auxiliary state at its own shared checkpoints (the same steps as
+the reference's, since they depend only on `steps` and `n_checkpoints`; `auxiliary_start` takes
+the latest kept step not after the reference's step otherwise), and the pass starts from the
+run's state at that step. That state was trained at the run's own parameters, which differ
+from the reference's, so it is then adapted for `shared_adapt_steps` training steps at the
+frozen model parameters (only the auxiliary parameters step, with a fresh Adam at the run's
+learning rate; buffers advance by `update_state`) before the draws.
 
-Rows go at the checkpoint step, `shared_draws` (and `shared_adapt_steps` for an estimator with
-auxiliary state) and `shared_complete` last at the final step; `--resume` runs the pass again for
-a configuration without `shared_complete`.
+Rows go at the checkpoint step (with `shared_aux_step`, the run's step whose auxiliary state
+started the adaptation, for an estimator with auxiliary state), `shared_draws` (and
+`shared_adapt_steps` and `shared_aux_from_run` = 1, the start being the run's own state, for an
+estimator with auxiliary state) and `shared_complete` last at the final step; `--resume` runs
+the pass again for a configuration without `shared_complete`.
 """
 
 from __future__ import annotations
@@ -55,16 +59,26 @@ from bench.results import (
     read_rows,
     row_key,
 )
-from bench.runner import batches, bias_reference, build_estimator, grad_method
-from bench.suites import RunConfig
+from bench.runner import (
+    States,
+    batches,
+    bias_reference,
+    build_estimator,
+    grad_method,
+    has_auxiliary_state,
+    load_auxiliary_state,
+)
+from bench.suites import MODELS, RunConfig
 from vae_core.data import Dataset
 from vae_core.estimators import REGISTRY, Estimator, make_estimator
 from vae_core.gradients import gradient_statistics
+from vae_core.models import build_model
 
 if TYPE_CHECKING:
     from bench.execution import Backend
 
-States = dict[int, dict[str, torch.Tensor]]  # step → the model's state_dict
+# (configuration, its reference trajectory's model states, its own auxiliary states or {})
+SharedJob = tuple[RunConfig, States, States]
 REFERENCE = "ref_"  # the reference's draws at the same state: shared_ref_grad_var_G
 
 
@@ -82,11 +96,17 @@ def trajectory_candidates(config: RunConfig) -> list[RunConfig]:
     return [option for option in options if option.kl in reference.kl_modes]
 
 
-def has_auxiliary_state(estimator: Estimator) -> bool:
-    """Whether the estimator learns state of its own: parameters outside the model, or a
-    running state advanced by `update_state`."""
-    own = any(not name.startswith("model.") for name, _ in estimator.named_parameters())
-    return own or type(estimator).update_state is not Estimator.update_state
+def learns_auxiliary_state(config: RunConfig) -> bool:
+    """Whether `config`'s estimator has auxiliary state (`has_auxiliary_state` of one built on
+    its model's default input size: the state's presence does not depend on it)."""
+    model = build_model(MODELS[config.model])
+    estimator = make_estimator(config.estimator, model, config.kl, config.k, config.beta)
+    return has_auxiliary_state(estimator)
+
+
+def auxiliary_start(auxiliary: States, step: int) -> int:
+    """The latest step of the run's kept auxiliary states not after `step`."""
+    return max(kept for kept in auxiliary if kept <= step)
 
 
 def adapt_auxiliary_state(
@@ -116,9 +136,15 @@ def shared_generator(config: RunConfig, step: int, device: torch.device) -> torc
 
 
 def measure_shared(
-    config: RunConfig, states: States, data: Dataset, device: torch.device
+    config: RunConfig,
+    states: States,
+    data: Dataset,
+    device: torch.device,
+    auxiliary: States | None = None,
 ) -> Measurements:
-    """The shared-parameter rows of `config` (module docstring) at each step of `states`."""
+    """The shared-parameter rows of `config` (module docstring) at each step of `states`,
+    starting an estimator's auxiliary state from `auxiliary`, its own run's (required when it
+    has one)."""
     data = data.to(device)
     x = data.train_eval_binary[: config.grad_batch]
     method = grad_method(device)
@@ -129,8 +155,14 @@ def measure_shared(
         estimator.model.load_state_dict(states[step])
         generator = shared_generator(config, step, device)
         adapts = has_auxiliary_state(estimator)
+        started = {}
         if adapts:
+            if not auxiliary:
+                raise ValueError(f"{config.label()}: its run's auxiliary states are needed")
+            start = auxiliary_start(auxiliary, step)
+            load_auxiliary_state(estimator, auxiliary[start])
             adapt_auxiliary_state(estimator, data, config, generator)
+            started = {"aux_step": float(start)}
         values = gradient_statistics(
             estimator,
             x,
@@ -144,10 +176,12 @@ def measure_shared(
         reference_values = gradient_statistics(reference, x, config.grad_draws, generator, method)
         kept = {m: v for m, v in values.items() if m.startswith(("grad_var", "grad_bias"))}
         kept |= {REFERENCE + m: v for m, v in reference_values.items() if m.startswith("grad_var")}
+        kept |= started
         rows.append((step, {SHARED_PREFIX + m: v for m, v in kept.items()}))
     final = {"shared_draws": float(config.grad_draws)}
     if adapts:
         final["shared_adapt_steps"] = float(config.shared_adapt_steps)
+        final["shared_aux_from_run"] = 1.0
     rows.append((config.steps, {**final, SHARED_COMPLETE: 1.0}))
     return rows
 
@@ -183,20 +217,23 @@ def shared_pass(
     configs: Iterable[RunConfig], backend: Backend, device: torch.device, runs: RunsFile
 ) -> Sequence[RunConfig]:
     """Measure every pending configuration of `configs` (`pending_trajectories`) at its
-    reference trajectory's parameters on `backend`, appending each one's rows in one write
-    (with where they were measured); returns those configurations. A trajectory whose states
-    are missing (results written before this pass existed, or DIR/states/ deleted) is trained
+    reference trajectory's parameters on `backend`, starting its auxiliary state (if any) from
+    its own run's, appending each one's rows in one write (with where they were measured);
+    returns those configurations. A run whose kept states are missing (results written before
+    this pass existed, or DIR/states/ deleted), a trajectory's or an auxiliary one's, is trained
     again on `backend` to regenerate them (its rows are not written again: on CPU the same
-    configuration trains to the same parameters)."""
+    configuration trains to the same state)."""
     pending = pending_trajectories(configs, Progress.of(read_rows(runs.path)), device.type)
     trajectories = set(pending.values())
-    missing = [
-        t for t in sorted(trajectories, key=RunConfig.label) if not runs.has_states(t, device.type)
-    ]
-    for finished in backend.run(missing):
-        runs.save_states(finished.config, device.type, finished.result.states)
+    learners = {config for config in pending if learns_auxiliary_state(config)}
+    missing = [t for t in trajectories if not runs.has_states(t, device.type)]
+    missing += [c for c in learners if not runs.has_states(c, device.type, "auxiliary")]
+    for finished in backend.run(sorted(set(missing), key=RunConfig.label)):
+        result = finished.result
+        runs.save_kept_states(finished.config, device.type, result.states, result.auxiliary_states)
     states = {t: runs.load_states(t, device.type) for t in trajectories}
-    jobs = [(config, states[trajectory]) for config, trajectory in pending.items()]
+    auxiliary = {c: runs.load_states(c, device.type, "auxiliary") for c in learners}
+    jobs = [(c, states[t], auxiliary.get(c, {})) for c, t in pending.items()]
     done = []
     for config, measurements, placement in backend.measure_shared(jobs):
         runs.place(config, device.type, "shared", placement)
@@ -206,8 +243,8 @@ def shared_pass(
 
 
 def measure_each(
-    jobs: Sequence[tuple[RunConfig, States]], data: Dataset, device: torch.device
+    jobs: Sequence[SharedJob], data: Dataset, device: torch.device
 ) -> Iterator[tuple[RunConfig, Measurements]]:
     """measure_shared of each job, in order."""
-    for config, states in jobs:
-        yield config, measure_shared(config, states, data, device)
+    for config, states, auxiliary in jobs:
+        yield config, measure_shared(config, states, data, device, auxiliary)
