@@ -1,4 +1,4 @@
-"""Command line: python -m bench {list,run,report,agree,toy}. The only place that parses or prints.
+"""Command line: python -m bench {list,run,report,agree,compare,toy}. The only place that parses
 
 Each command imports what it needs when it runs: `report` reads a results directory alone, and
 works where torch and the estimator code are not importable.
@@ -113,6 +113,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     agree.set_defaults(handler=cmd_agree)
 
+    compare = commands.add_parser(
+        "compare", help="two result sets side by side: effects, 95%% intervals, verdicts"
+    )
+    compare.add_argument("dir_a", type=Path, help="results directory A (before)")
+    compare.add_argument("dir_b", type=Path, help="results directory B (after)")
+    compare.add_argument("--metrics", nargs="+", help="only these metrics (default: all known)")
+    compare.add_argument(
+        "--fail-if",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help="exit 1 when METRIC:ratio>X, METRIC:diff<X, ... is crossed beyond its interval",
+    )
+    compare.add_argument("--out", type=Path, help="also write the table to FILE.md or FILE.csv")
+    compare.set_defaults(handler=cmd_compare)
+
     toy = commands.add_parser("toy", help="Gaussian toy problem with exact answers")
     toy.add_argument("--cost", choices=COSTS, default="cos", help="cost f (default: cos)")
     toy.add_argument("--k", type=float, default=2.0, help="cost parameter k (default: 2)")
@@ -170,6 +186,51 @@ def cmd_agree(args: argparse.Namespace) -> int:
         return 2
     print("\n".join(summary_lines(verdicts, timings, args.reference)))
     return int(any(v.verdict == "differ" for v in verdicts))
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Result sets A and B side by side (bench.compare.compare_sets): the table on the terminal
+    (and in --out); 1 when a --fail-if rule is crossed, 2 (one line) for bad arguments."""
+    from bench.compare import (
+        METRICS,
+        compare_sets,
+        csv_frame,
+        markdown_text,
+        parse_rule,
+        terminal_text,
+    )
+    from bench.results import NoRunsError
+
+    for directory in (args.dir_a, args.dir_b):
+        if not directory.is_dir():
+            raise UsageError(f"no results directory {directory}")
+    unknown = sorted(set(args.metrics or []) - set(METRICS))
+    if unknown:
+        raise UsageError(f"unknown metric {unknown[0]!r}; known: {', '.join(sorted(METRICS))}")
+    if args.out is not None and args.out.suffix not in (".md", ".csv"):
+        raise UsageError(f"--out {args.out}: expected a .md or .csv file")
+    try:
+        rules = [parse_rule(text) for text in args.fail_if]
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    metrics = (
+        list(dict.fromkeys([*args.metrics, *(r.metric for r in rules)])) if args.metrics else None
+    )
+    try:
+        comparison = compare_sets(args.dir_a, args.dir_b, metrics)
+    except (NoRunsError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    print(terminal_text(comparison))
+    if args.out is not None:
+        if args.out.suffix == ".md":
+            args.out.write_text(markdown_text(comparison), encoding="utf-8")
+        else:
+            csv_frame(comparison).to_csv(args.out, index=False)
+        print(f"wrote {args.out}")
+    crossed = [(rule, row) for rule in rules for row in comparison.rows if rule.crossed(row)]
+    for rule, row in crossed:
+        print(f"fail-if {rule.text}: crossed by {row.label} ({row.low:.4g} to {row.high:.4g})")
+    return int(bool(crossed))
 
 
 def cmd_toy(args: argparse.Namespace) -> int:
