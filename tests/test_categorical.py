@@ -152,9 +152,9 @@ def test_categorical_estimator_is_unbiased(name, n_particles, kl, beta):
 def test_relaxed_and_straight_through_estimators_are_biased():
     """The z-test at R = 20,000 detects the encoder bias of every relaxed and straight-through
     estimator, and gumbel's decoder bias; the straight-through ones decode the exact z, so their
-    decoder gradient is ∇_θ L and passes. Measured (seed 12; threshold 4.4 over 119
-    coordinates): encoder max |z| ≈ 20 (gumbel), 23 (st_gumbel), 29 (reinmax), 47 (gumbel_rao:
-    st_gumbel's bias with less noise), gumbel's decoder ≈ 12, the others' decoders ≤ 3.4."""
+    decoder gradient is ∇_θ L and passes. Measured (seed 12; threshold 4.5 over 142
+    coordinates): encoder max |z| ≈ 233 (gumbel), 272 (st_gumbel), 44 (reinmax), 596 (gumbel_rao:
+    st_gumbel's bias with less noise), gumbel's decoder ≈ 182, the others' decoders 1.6-2.5."""
     model, x = categorical_vae(), categorical_batch()
     reference = reference_gradient(model, lambda: enumerated_elbo(model, x))
     decoder_threshold = threshold_for({"decoder": reference["decoder"]})

@@ -172,7 +172,13 @@ class UnorderedSetPair(CategoricalLatentEstimator):
     summary = "2 joint samples without replacement, built-in baseline (Kool et al. 2020, K=2)"
     min_particles = 2
 
-    def __init__(self, model, kl="analytic", n_particles=2, beta=1.0):
+    def __init__(
+        self,
+        model: CategoricalLatentModel,
+        kl: str = "analytic",
+        n_particles: int = 2,
+        beta: float = 1.0,
+    ) -> None:
         if n_particles != 2:
             raise EstimatorError(
                 f"estimator {self.name!r} is written for n_particles (K) = 2, got {n_particles!r}"
