@@ -280,7 +280,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"  {name:13s} {description}")
     print("\nModels")
     for name, config in MODELS.items():
-        layers = "-".join(str(size) for size in ("D", *config.hidden, config.latent_dim))
+        latents = config.latent_dim
+        if config.latent == "categorical":
+            latents = f"{config.latent_dim}x{config.classes}"
+        layers = "-".join(str(size) for size in ("D", *config.hidden, latents))
         activation = f", {config.activation}" if config.hidden else ", linear"
         print(f"  {name:12s} {layers} {config.latent} latents{activation}")
     print("\nSuites (expected wall time on 2 CPU cores)")

@@ -22,6 +22,20 @@ MODELS: dict[str, ModelConfig] = {
     "nonlinear200": ModelConfig(
         hidden=(200, 200), latent_dim=200, activation="leaky_relu_0.3", latent="bernoulli"
     ),
+    # Categorical latents, all with the 784-512-256 ReLU encoder and its mirror as decoder:
+    # Jang, Gu & Poole (2017), 20 variables of 10 classes (their Categorical VAE notebook), and
+    # two of ReinMax's MNIST shapes, C × L = 8 × 4 and 16 × 12 (Liu et al. 2023; layer sizes
+    # from the authors' mnist_vae/model/vae.py, shapes from mnist_vae/reinmax_8_4.sh and
+    # reinmax_16_12.sh).
+    "jang20x10": ModelConfig(
+        hidden=(512, 256), latent_dim=20, classes=10, activation="relu", latent="categorical"
+    ),
+    "reinmax4x8": ModelConfig(
+        hidden=(512, 256), latent_dim=4, classes=8, activation="relu", latent="categorical"
+    ),
+    "reinmax12x16": ModelConfig(
+        hidden=(512, 256), latent_dim=12, classes=16, activation="relu", latent="categorical"
+    ),
 }
 
 
@@ -254,6 +268,23 @@ def make_suites() -> dict[str, Suite]:
             " 3000 steps",
             grid(("mnist5k",), ("linear200", "nonlinear200"), REFERENCE_SEEDS),
             expected_cpu_minutes=122.0,
+        ),
+        # Not in `default`: the categorical-latent estimators on Jang et al.'s 20 × 10 model and
+        # ReinMax's smallest, 4 × 8 (L × C; reinmax12x16 is there for a longer run), settings as
+        # default. Expected time from a profile of one short run per estimator on reinmax4x8
+        # (40 steps, one checkpoint, the NLL on 100 digits; on the loaded 2-core machine): ~1-1.6
+        # min a run for the unbiased ones, ~5 min for the biased ones, whose bias against 1,000
+        # cat_unordered_set draws at each of 9 checkpoints (~30 s each) dominates; ~30 min per
+        # model and seed on one core, so 2 models × 5 seeds ÷ 2 workers ≈ 150 min, plus the cost
+        # pass. Not yet measured whole.
+        "categorical": Suite(
+            "categorical",
+            "categorical-latent estimators (cat_reinforce at 1 evaluation of f; cat_reinforce_loo,"
+            " cat_disarm, cat_unordered_set at 2; cat_gumbel, cat_st_gumbel, cat_reinmax,"
+            " cat_gumbel_rao at 1, with their bias) on the 20 x 10 and 4 x 8 models (L x C),"
+            f" mnist5k, {COMPARISON_SEEDS} seeds, 3000 steps",
+            grid(("mnist5k",), ("jang20x10", "reinmax4x8"), REFERENCE_SEEDS),
+            expected_cpu_minutes=160.0,
         ),
         # Rate–distortion: the pathwise and the best score-function estimator across β; the β = 1
         # runs are `default`'s (skipped by --resume when written into the same directory). 4.4 min

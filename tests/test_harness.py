@@ -29,7 +29,7 @@ from vae_core.data import load_dataset
 from vae_core.estimators import REGISTRY, EstimatorOutput
 from vae_core.estimators.pathwise import Reparam
 
-MODEL_OF = {"gaussian": "mlp500", "bernoulli": "linear200"}
+MODEL_OF = {"gaussian": "mlp500", "bernoulli": "linear200", "categorical": "reinmax4x8"}
 
 CHECKPOINT_METRICS = {
     "elbo_train",
@@ -393,7 +393,8 @@ def test_list_names_every_estimator_with_its_latent_type_and_every_model_and_sui
         line = next(line for line in lines if line.split()[:1] == [name])
         assert f"{cls.latent} latents" in line
     assert any("even" in line for line in lines if line.split()[:1] == ["disarm"])
-    for name in ("mlp500", "iwae1", "linear200", "nonlinear200", "quick", "default", "discrete"):
+    models = ("mlp500", "iwae1", "linear200", "nonlinear200", "jang20x10", "reinmax4x8")
+    for name in (*models, "reinmax12x16", "quick", "default", "discrete", "categorical"):
         assert any(line.split()[:1] == [name] for line in lines), name
 
 
@@ -403,6 +404,7 @@ def test_list_names_every_estimator_with_its_latent_type_and_every_model_and_sui
         ("iwae_stl", 5, "dreg", 5),  # ∇L_K depends on K: the reference runs at the estimator's K
         ("iwae_stl", 1, "dreg", 1),
         ("gumbel", 1, "disarm", 2),  # ∇ELBO does not: the reference's smallest K
+        ("cat_reinmax", 1, "cat_unordered_set", 2),
     ],
 )
 def test_bias_reference_estimates_the_same_gradient(name, k, reference, reference_k):

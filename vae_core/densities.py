@@ -1,7 +1,9 @@
-"""Densities and divergences on tensors: Gaussian and Bernoulli log densities, closed-form KLs,
-and the log-mean-exp of importance weights (the IWAE bound). Nothing here knows a model.
+"""Densities and divergences on tensors: Gaussian, Bernoulli and categorical log densities,
+closed-form KLs, and the log-mean-exp of importance weights (the IWAE bound). Nothing here knows
+a model.
 
-All log densities are summed over the event (last) dimension and are in nats.
+All log densities are summed over the event (last) dimension, the categorical ones over the last
+two (variables × classes), and are in nats.
 """
 
 from __future__ import annotations
@@ -51,6 +53,19 @@ def analytic_kl_bernoulli(logits: torch.Tensor, prior_logits: torch.Tensor) -> t
         q * (F.logsigmoid(logits) - F.logsigmoid(prior_logits))
         + (1 - q) * (F.logsigmoid(-logits) - F.logsigmoid(-prior_logits))
     ).sum(-1)
+
+
+def categorical_log_density(one_hot: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """log Π_l Categorical(z_l; softmax(α_l)) = Σ_l Σ_c z_lc log_softmax(α_l)_c for one-hot z;
+    both of shape (..., L, C) (they broadcast), summed over the last two dimensions."""
+    return (one_hot * torch.log_softmax(logits, -1)).sum((-2, -1))
+
+
+def analytic_kl_uniform_categorical(logits: torch.Tensor) -> torch.Tensor:
+    """KL(Π_l Cat(softmax(α_l)) ‖ Π_l Uniform{1..C}) = Σ_l [Σ_c q_lc log q_lc + log C],
+    logits (..., L, C)."""
+    log_q = torch.log_softmax(logits, -1)
+    return (log_q.exp() * log_q).sum((-2, -1)) + logits.shape[-2] * math.log(logits.shape[-1])
 
 
 def analytic_kl_standard_normal(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,10 @@
-"""Latent-variable models: a diagonal Gaussian or a factorised Bernoulli q(z|x).
+"""Latent-variable models: a diagonal Gaussian, a factorised Bernoulli or a factorised categorical
+q(z|x).
 
 Every model owns its sampling and exposes the pieces an estimator needs: the parameters of q(z|x)
 (`posterior`), noise of its own kind (`sample_noise`: ε ~ N(0, I) or u ~ U(0, 1)), the sample
-z = g(posterior, noise) (`transform`: μ + σ ε, or b = 1[u < σ(α)]), log q(z|x), log p(z),
+z = g(posterior, noise) (`transform`: μ + σ ε, b = 1[u < σ(α)], or the one-hot argmax of α plus
+Gumbel noise), log q(z|x), log p(z),
 log p(x|z) and the analytic KL(q(z|x) ‖ p(z)); and it says which parameters are the encoder's
 (φ, inference network) and which the generative model's (θ, "decoder"). `sample` composes them
 for estimators, which may first reshape the gradient reaching the posterior parameters (NVIL's
@@ -11,6 +13,7 @@ scale, DReG's stopped φ); `sample_posterior` composes them for evaluation.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -22,8 +25,10 @@ from torch import nn
 from vae_core.densities import (
     analytic_kl_bernoulli,
     analytic_kl_standard_normal,
+    analytic_kl_uniform_categorical,
     bernoulli_log_density,
     bernoulli_log_likelihood,
+    categorical_log_density,
     diag_gaussian_log_density,
     standard_normal_log_density,
 )
@@ -37,19 +42,21 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "leaky_relu_0.3": partial(nn.LeakyReLU, 0.3),  # as in the DisARM code (Dong et al. 2020)
 }
 PARAMETER_GROUPS = ("encoder", "decoder")
-LATENT_TYPES = ("gaussian", "bernoulli")
+LATENT_TYPES = ("gaussian", "bernoulli", "categorical")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """MLP VAE shape. Defaults: Kingma & Welling (2014) MNIST set-up, 500 tanh units, 20 Gaussian
-    latents. `latent='bernoulli'` gives binary latents (`BinaryLatentVAE`)."""
+    latents. `latent='bernoulli'` gives binary latents (`BinaryLatentVAE`); `latent='categorical'`
+    gives `latent_dim` categorical latents of `classes` classes each (`CategoricalVAE`)."""
 
     input_dim: int = 784
     hidden: tuple[int, ...] = (500,)
     latent_dim: int = 20
     activation: str = "tanh"
     latent: str = "gaussian"
+    classes: int = 1  # classes per latent variable: C ≥ 2 for categorical latents, else 1
 
     def __post_init__(self) -> None:
         if self.latent not in LATENT_TYPES:
@@ -60,6 +67,11 @@ class ModelConfig:
             raise ValueError(
                 f"unknown activation {self.activation!r}; valid: {', '.join(ACTIVATIONS)}"
             )
+        if (self.latent == "categorical") != (isinstance(self.classes, int) and self.classes > 1):
+            raise ValueError(
+                f"classes must be an integer >= 2 for categorical latents and 1 otherwise,"
+                f" got {self.classes!r} with {self.latent} latents"
+            )
         sizes = {"input_dim": self.input_dim, "latent_dim": self.latent_dim}
         sizes.update({f"hidden[{i}]": h for i, h in enumerate(self.hidden)})
         for label, size in sizes.items():
@@ -68,6 +80,19 @@ class ModelConfig:
 
 
 Posterior = tuple[torch.Tensor, ...]  # the parameters of q(z|x): (mean, log_var) or (logits,)
+
+
+def gumbel(uniform: torch.Tensor) -> torch.Tensor:
+    """G = −log(−log u) ~ Gumbel(0, 1) for u ~ U(0, 1) (u clamped to [tiny, 1 − eps] of its
+    dtype, so G is finite)."""
+    info = torch.finfo(uniform.dtype)
+    return -torch.log(-torch.log(uniform.clamp(info.tiny, 1 - info.eps)))
+
+
+def one_hot_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """The one-hot vector of argmax over the last dimension (ties have probability zero for
+    continuous noise); written as a comparison so that it vmaps."""
+    return (scores == scores.amax(-1, keepdim=True)).to(scores.dtype)
 
 
 def stopped(posterior: Posterior) -> Posterior:
@@ -216,6 +241,37 @@ class BernoulliLatentModel(LatentModel):
         return bernoulli_log_density(z, logits)
 
 
+class CategoricalLatentModel(LatentModel):
+    """q(z|x) = Π_l Categorical(z_l; softmax(α_l)), L = `n_latents` variables of C = `n_classes`
+    classes, with logits α = `encode(x)` of shape (M, L·C); z is the L one-hot vectors side by
+    side, so `latent_dim` = L·C. Sampled by Gumbel-max from uniform noise u of the same shape:
+    z_l = onehot(argmax_c (α_lc + G_lc)), G = −log(−log u), exactly Categorical(softmax(α_l))."""
+
+    latent = "categorical"
+    noise_sampler = staticmethod(torch.rand)
+    n_latents: int
+    n_classes: int
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits α of q(z|x), shape (M, L·C)."""
+        raise NotImplementedError
+
+    def grouped(self, t: torch.Tensor) -> torch.Tensor:
+        """(..., L·C) → (..., L, C): one row per latent variable."""
+        return t.unflatten(-1, (self.n_latents, self.n_classes))
+
+    def posterior(self, x: torch.Tensor) -> Posterior:
+        return (self.encode(x),)
+
+    def transform(self, posterior: Posterior, noise: torch.Tensor) -> torch.Tensor:
+        (logits,) = posterior
+        return one_hot_argmax(self.grouped(logits) + gumbel(self.grouped(noise))).flatten(-2)
+
+    def log_posterior(self, z: torch.Tensor, posterior: Posterior) -> torch.Tensor:
+        (logits,) = posterior
+        return categorical_log_density(self.grouped(z), self.grouped(logits))
+
+
 def mlp(sizes: list[int], activation: str) -> nn.Sequential:
     """Linear layers of the given sizes with `activation` between them (none after the last)."""
     layers: list[nn.Module] = []
@@ -285,9 +341,47 @@ class BinaryLatentVAE(BernoulliLatentModel):
         return analytic_kl_bernoulli(logits, self.prior_logits)
 
 
+class CategoricalVAE(CategoricalLatentModel):
+    """VAE with categorical latents (Jang, Gu & Poole 2017): q(z|x) an MLP to L·C logits, a
+    uniform prior p(z) = Π_l Uniform{1..C} (log p(z) = −L log C, no parameters; the KL in closed
+    form), and a Bernoulli decoder MLP from the L one-hot vectors."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.input_dim = config.input_dim
+        self.n_latents, self.n_classes = config.latent_dim, config.classes
+        self.latent_dim = config.latent_dim * config.classes
+        hidden = list(config.hidden)
+        self.encoder = mlp([config.input_dim, *hidden, self.latent_dim], config.activation)
+        self.decoder = mlp(
+            [self.latent_dim, *reversed(hidden), config.input_dim], config.activation
+        )
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(z[..., 0], -self.n_latents * math.log(self.n_classes))
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return bernoulli_log_likelihood(x, self.decoder(z))
+
+    def kl_to_prior(self, logits: torch.Tensor) -> torch.Tensor:
+        return analytic_kl_uniform_categorical(self.grouped(logits))
+
+
+MODEL_CLASSES: dict[str, Callable[[ModelConfig], LatentModel]] = {
+    "gaussian": BernoulliVAE,
+    "bernoulli": BinaryLatentVAE,
+    "categorical": CategoricalVAE,
+}
+
+
 def build_model(config: ModelConfig) -> LatentModel:
-    """The MLP VAE for `config.latent`: `BernoulliVAE` (Gaussian z) or `BinaryLatentVAE`."""
-    return BinaryLatentVAE(config) if config.latent == "bernoulli" else BernoulliVAE(config)
+    """The MLP VAE for `config.latent`: `BernoulliVAE` (Gaussian z), `BinaryLatentVAE` or
+    `CategoricalVAE`."""
+    return MODEL_CLASSES[config.latent](config)
 
 
 class LinearGaussianModel(GaussianLatentModel):

@@ -27,6 +27,7 @@ from vae_core.estimators import discrete  # noqa: F401  # isort: skip
 from vae_core.estimators import relax  # noqa: F401  # isort: skip
 from vae_core.estimators import control_variates  # noqa: F401  # isort: skip
 from vae_core.estimators import reinmax  # noqa: F401  # isort: skip
+from vae_core.estimators import categorical  # noqa: F401  # isort: skip
 
 __all__ = [
     "KL_MODES",

@@ -17,9 +17,10 @@ Multi-sample estimators (`objective = "iwae"`, see `multisample`) target instead
 importance-weighted bound L_K = E[log (1/K) Σ_k w_k] (Burda et al. 2016), which equals the ELBO at
 K = 1 and tightens with K; for them `elbo` is the per-example estimate of L_K.
 
-Estimators for binary latents (`latent = "bernoulli"`, see `discrete`) have the same interface
-with uniform noise u ~ U(0, 1) in place of ε and the model's Bernoulli q(b|x); `make_estimator`
-refuses to pair an estimator with a model of the other latent type.
+Estimators for binary latents (`latent = "bernoulli"`, see `discrete`) and categorical latents
+(`latent = "categorical"`, see `categorical`) have the same interface with uniform noise
+u ~ U(0, 1) in place of ε and the model's Bernoulli q(b|x) or categorical q(z|x); `make_estimator`
+refuses to pair an estimator with a model of another latent type.
 
 Every estimator takes a KL weight β (β-VAE; Higgins et al. 2017), default 1: the objective becomes
 E_q[log p(x|z)] − β KL, i.e. log p(z) − log q(z|x) is weighted by β inside every log weight.
@@ -39,8 +40,13 @@ from vae_core.models import LatentModel
 
 KL_MODES = ("analytic", "mc")
 # The estimator every other one's gradient variance is compared with, by latent type: the
-# pathwise gradient for Gaussian latents, DisARM (the lowest-variance unbiased one) for binary.
-VARIANCE_REFERENCES = {"gaussian": "reparam", "bernoulli": "disarm"}
+# pathwise gradient for Gaussian latents, DisARM (the lowest-variance unbiased one) for binary,
+# two samples without replacement (vae_core.estimators.categorical) for categorical latents.
+VARIANCE_REFERENCES = {
+    "gaussian": "reparam",
+    "bernoulli": "disarm",
+    "categorical": "cat_unordered_set",
+}
 
 
 class EstimatorError(ValueError):

@@ -40,12 +40,10 @@ def logit_chain_surrogate(
     return (logit_grad.detach() * logits).sum(-1).mean() + f.mean() - kl_analytic.mean()
 
 
-class BinaryLatentEstimator(Estimator):
-    """An estimator for binary latents whose learning signal f reaches φ only through its
+class DiscreteLatentEstimator(Estimator):
+    """An estimator for discrete latents whose learning signal f reaches φ only through its
     estimate of ∇_α E_q[f] (module docstring): with kl='mc' f's log q(b|x) is taken at stopped φ;
     ∇_b f (the continuous extension's input gradient) and the decoder and prior gradients stay."""
-
-    latent = "bernoulli"
 
     def learning_signal(
         self, x: torch.Tensor, b: torch.Tensor, posterior: Posterior
@@ -61,6 +59,12 @@ class BinaryLatentEstimator(Estimator):
         """`learning_signal`, with log_q returned as given: the score term of REINFORCE and
         RLOO (`Score.forward`) keeps its gradient."""
         return (*self.learning_signal(x, z, posterior), log_q)
+
+
+class BinaryLatentEstimator(DiscreteLatentEstimator):
+    """`DiscreteLatentEstimator` for Bernoulli latents b ∈ {0, 1}^D."""
+
+    latent = "bernoulli"
 
 
 @register("reinforce")
