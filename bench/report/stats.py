@@ -6,7 +6,7 @@ what they claim).
 - `t_interval`: the 95% Student-t interval of a mean over seeds.
 - `log_interval`, `log_ratio_interval`: 95% intervals of a variance and of a ratio of variances,
   on the log scale (the delta method).
-- `one_sided_paired_t`, `compare_with_best`, `detectable_gap`, `seeds_for_power`: which rows of a
+- `one_sided_paired_t`, `compare_with_best`, `detectable_gap`: which rows of a
   section are worse than its best (Hsu's comparisons with the best, paired by seed, at
   family-wise 5%), and whether a row not told apart was tested with enough power to say so.
 - `near_floor`: whether an SNR cannot be told from the noise floor.
@@ -78,16 +78,24 @@ def log_ratio_interval(
     return ratio, low, high
 
 
-def one_sided_paired_t(differences: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """One-sided paired t-test of E d > 0 on differences d along the last axis (NaN: a seed
-    missing on either side): n, and p = P(T_{n−1} ≥ t), t = d̄ / (s_d / √n); NaN with n < 2.
-    With s_d = 0: p = 0 if d̄ > 0, else 1."""
-    d = np.asarray(differences, dtype=float)
+def _moments(values: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Along the last axis, NaN left out: the count n, the mean and the sum of squared
+    deviations from it (NaN mean where n = 0)."""
+    d = np.asarray(values, dtype=float)
     present = np.isfinite(d)
     n = present.sum(axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = np.where(present, d, 0.0).sum(axis=-1) / n
         squares = np.where(present, (d - mean[..., None]) ** 2, 0.0).sum(axis=-1)
+    return n, mean, squares
+
+
+def one_sided_paired_t(differences: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided paired t-test of E d > 0 on differences d along the last axis (NaN: a seed
+    missing on either side): n, and p = P(T_{n−1} ≥ t), t = d̄ / (s_d / √n); NaN with n < 2.
+    With s_d = 0: p = 0 if d̄ > 0, else 1."""
+    n, mean, squares = _moments(differences)
+    with np.errstate(divide="ignore", invalid="ignore"):
         sd = np.sqrt(squares / (n - 1))
         t = mean / (sd / np.sqrt(n))
         p = np.where(sd > 0, stats.t.sf(t, np.maximum(n - 1, 1)), np.where(mean > 0, 0.0, 1.0))
@@ -117,7 +125,7 @@ def compare_with_best(
     x = np.asarray(values, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = np.where(x > 0, np.log(x), np.nan)
-    n_pairs, p_pairs = one_sided_paired_t(logs[:, None, :] - logs[None, :, :])
+    _, p_pairs = one_sided_paired_t(logs[:, None, :] - logs[None, :, :])
     np.fill_diagonal(p_pairs, np.nan)
     tested = np.isfinite(p_pairs)
     m = tested.sum(axis=1)
@@ -143,29 +151,13 @@ def detectable_gap(log_differences: ArrayLike, best_value: float, tests: ArrayLi
     seeds is often far below the truth, and the plain s would call a row ≈best on luck. A row
     not told apart is called "≈best" only where this is ≤ RELEVANT_GAP: otherwise "too few
     seeds"."""
-    d = np.asarray(log_differences, dtype=float)
-    present = np.isfinite(d)
-    n = present.sum(axis=-1)
+    n, _, squares = _moments(log_differences)
     dof = np.maximum(n - 1, 1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(present, d, 0.0).sum(axis=-1) / n
-        squares = np.where(present, (d - mean[..., None]) ** 2, 0.0).sum(axis=-1)
         sd = np.sqrt(squares / stats.chi2.ppf(1 - SD_CONFIDENCE, dof))
         quantiles = stats.t.isf(FAMILY_ALPHA / np.asarray(tests), dof) + stats.t.ppf(POWER, dof)
         delta = quantiles * sd / np.sqrt(n)
         return np.where(n >= 2, best_value * np.expm1(delta), np.nan)
-
-
-def seeds_for_power(log_sd: float, rows: int, relative_gap: float) -> int:
-    """The fewest seeds n ≥ 2 at which the comparison with the best detects a row `relative_gap`
-    behind it (as a fraction of the best's value: 10 nats at NLL 100 is 0.1) with probability
-    POWER, given the sd of the paired log differences between seeds (`detectable_gap`)."""
-    target = np.log1p(relative_gap)
-    for n in range(2, 101):
-        quantile = stats.t.isf(FAMILY_ALPHA / (rows - 1), n - 1) + stats.t.ppf(POWER, n - 1)
-        if quantile * log_sd / np.sqrt(n) <= target:
-            return n
-    raise ValueError(f"no n ≤ 100 detects a relative gap {relative_gap} at log sd {log_sd}")
 
 
 def near_floor(snr: ArrayLike, floor: ArrayLike, floor_sd: ArrayLike) -> np.ndarray:
