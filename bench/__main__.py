@@ -1,4 +1,5 @@
-"""Command line: python -m bench {list,run,report,agree,compare,toy}. The only place that parses
+"""Command line: python -m bench (or the console script vae-bench)
+{list,run,check,report,agree,compare,toy}. The only place that parses arguments.
 
 Each command imports what it needs when it runs: `report` reads a results directory alone, and
 works where torch and the estimator code are not importable.
@@ -36,7 +37,7 @@ DEFAULT_WORKERS = "auto"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(program_name())
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     args.argv = argv
@@ -47,19 +48,47 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def build_parser() -> argparse.ArgumentParser:
+def program_name() -> str:
+    """`vae-bench` when run as the console script, else `python -m bench`."""
+    return "vae-bench" if Path(sys.argv[0]).name == "vae-bench" else "python -m bench"
+
+
+def add_plugin_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE.py|MODULE",
+        help="load estimators from a file or an importable module (repeatable); installed"
+        " packages' entry points in the group vae_bench.estimators are always loaded",
+    )
+
+
+def load_plugins(args: argparse.Namespace) -> None:
+    """--plugin's files and modules, then the installed entry points: a broken plugin is a
+    UsageError (one line, exit 2) before anything trains."""
+    from bench.plugins import PluginError
+    from bench.plugins import load_plugins as load
+
+    try:
+        load(args.plugin)
+    except PluginError as error:
+        raise UsageError(str(error)) from None
+
+
+def build_parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
     from bench.toy import COSTS, TOY_ESTIMATORS  # numpy only: cheap at parse time
 
-    parser = argparse.ArgumentParser(
-        prog="python -m bench", description="Benchmark VAE gradient estimators."
-    )
+    parser = argparse.ArgumentParser(prog=prog, description="Benchmark VAE gradient estimators.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     listing = commands.add_parser("list", help="estimators, data sets, models and suites")
+    add_plugin_argument(listing)
     listing.set_defaults(handler=cmd_list)
 
     run = commands.add_parser("run", help="train and measure every configuration of a suite")
     run.add_argument("--suite", default="default", help="a suite (`python -m bench list`)")
+    add_plugin_argument(run)
     run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     run.add_argument("--out", default="results", type=Path, help="output directory")
     run.add_argument("--resume", action="store_true", help="skip configurations already finished")
@@ -266,6 +295,8 @@ def toy_table(results: list[ToyResult]) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    load_plugins(args)
+    from bench.plugins import source_of
     from bench.suites import MODELS, make_suites
     from vae_core.data import describe_datasets
     from vae_core.estimators import REGISTRY
@@ -274,7 +305,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name, cls in REGISTRY.items():
         kl = "/".join(cls.kl_modes)
         k = f"K>={cls.min_particles}" + (", even" if cls.particles_multiple == 2 else "")
-        print(f"  {name:13s} {cls.latent} latents, kl={kl}, {k} — {cls.summary}")
+        source = source_of(name)
+        origin = f" [plugin {source.split()[0]}]" if source else ""
+        print(f"  {name:13s} {cls.latent} latents, kl={kl}, {k} — {cls.summary}{origin}")
     print("\nData sets")
     for name, description in describe_datasets().items():
         print(f"  {name:13s} {description}")
@@ -430,10 +463,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.environment import environment_record, write_environment
     from bench.execution import pinned_threads, train
     from bench.optimisers import optimizer_kind
+    from bench.plugins import loaded as loaded_plugins
     from bench.results import ResultsExistError, RunsFile, row_key
     from bench.runner import estimator_facts
     from bench.shared import shared_pass
 
+    load_plugins(args)
     gpus = resolve_gpus_per_run(args)
     device = resolve_device(args.device, args.backend, gpus)
     workers, threads = resolve_placement(args, device)
@@ -466,6 +501,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             # Each run's torch threads, not the driver's; on Ray, the cluster's resources.
             record.update(threads=threads, workers=workers, backend=args.backend)
             record.update(optimizer=optimizer_kind(device))
+            record.update(plugins=[plugin.record() for plugin in loaded_plugins()])
             if args.backend == "ray":
                 record.update(ray_address=args.address or "local", cluster=backend.cluster)
             write_environment(args.out / "env.json", record, keep_history=args.resume)

@@ -22,6 +22,7 @@ from typing import Protocol
 
 import torch
 
+from bench import plugins
 from bench.cost import Costs, measure_costs
 from bench.results import Measurements, Placement, RunsFile
 from bench.runner import RunResult, StepCallback, run_configuration
@@ -168,8 +169,15 @@ class InlineBackend(DriverCosts):
 _WORKER: dict[str, object] = {}
 
 
-def _init_worker(dataset: str, data_dir: str | None, device: str, threads: int) -> None:
+def _init_worker(
+    dataset: str,
+    data_dir: str | None,
+    device: str,
+    threads: int,
+    loaded: tuple[plugins.Plugin, ...],
+) -> None:
     pin_threads(threads)
+    plugins.install(loaded)
     _WORKER.update(
         data=load_dataset(dataset, data_dir=data_dir),
         device=torch.device(device),
@@ -185,8 +193,8 @@ def _worker_task(config: RunConfig) -> tuple[RunResult, Placement]:
 
 class PoolBackend(DriverCosts):
     """`workers` spawned processes (spawn: safe with CUDA and threads), each loading the data
-    set `dataset` once; configurations finish in any order. The driver holds the data set too,
-    for the cost pass."""
+    set `dataset` once and the driver's plugins (bench.plugins); configurations finish in any
+    order. The driver holds the data set too, for the cost pass."""
 
     def __init__(
         self,
@@ -197,7 +205,7 @@ class PoolBackend(DriverCosts):
         threads: int,
     ) -> None:
         self.data, self.device, self.threads, self.workers = data, device, threads, workers
-        self.initargs = (data.name, data_dir, device.type, threads)
+        self.initargs = (data.name, data_dir, device.type, threads, plugins.loaded())
 
     def run(self, configs: Sequence[RunConfig]) -> Iterator[Finished]:
         if not configs:

@@ -1,7 +1,8 @@
 """Configurations as Ray tasks, on a local Ray instance or an existing cluster (--backend ray).
 
 Imported only for --backend ray (ray is an optional extra). The driver ships the project to the
-workers (runtime_env working_dir, without .venv, results and caches), submits one task per
+workers (runtime_env working_dir, without .venv, results and caches) and each plugin's source
+with every task (bench.plugins: a plugin file need not be on the workers), submits one task per
 configuration (`num_cpus` = torch threads per run, `num_gpus` = --gpus-per-run, retried on a lost
 worker) and stays the only writer of runs.csv (bench.execution.train): tasks return rows, so no
 shared file system is needed. Every node needs the project's Python packages (torch, …) and the
@@ -22,6 +23,7 @@ from typing import Any
 
 import torch
 
+from bench import plugins
 from bench.cost import Costs, measure_costs
 from bench.execution import Finished, pin_threads, pinned_task, placement_here
 from bench.results import Measurements, Placement
@@ -48,18 +50,30 @@ def _dataset(name: str, data_dir: str | None) -> Dataset:
 
 
 def _train_task(
-    config: RunConfig, dataset: str, data_dir: str | None, device: str, threads: int
+    config: RunConfig,
+    dataset: str,
+    data_dir: str | None,
+    device: str,
+    threads: int,
+    loaded: tuple[plugins.Plugin, ...],
 ) -> tuple[RunResult, Placement]:
     """One configuration on a Ray worker: threads pinned in every task (a reused worker keeps the
-    thread count of its previous task)."""
+    thread count of its previous task); the driver's plugins run from their shipped source."""
+    plugins.install(loaded)
     data, where = _dataset(dataset, data_dir), torch.device(device)
     result = pinned_task(config, data, where, threads)
     return result, placement_here(BACKEND, where)
 
 
 def _cost_task(
-    configs: Sequence[RunConfig], dataset: str, data_dir: str | None, device: str, threads: int
+    configs: Sequence[RunConfig],
+    dataset: str,
+    data_dir: str | None,
+    device: str,
+    threads: int,
+    loaded: tuple[plugins.Plugin, ...],
 ) -> tuple[Costs, Placement]:
+    plugins.install(loaded)
     pin_threads(threads)
     where = torch.device(device)
     costs = measure_costs(configs, _dataset(dataset, data_dir), where)
@@ -74,7 +88,9 @@ def _shared_task(
     data_dir: str | None,
     device: str,
     threads: int,
+    loaded: tuple[plugins.Plugin, ...],
 ) -> tuple[Measurements, Placement]:
+    plugins.install(loaded)
     pin_threads(threads)
     where = torch.device(device)
     rows = measure_shared(config, states, _dataset(dataset, data_dir), where, auxiliary)
@@ -130,7 +146,7 @@ class RayBackend:
         workers: int | None,
         cluster: dict[str, float],
     ) -> None:
-        self.args = (data.name, data_dir, device.type, threads)
+        self.args = (data.name, data_dir, device.type, threads, plugins.loaded())
         self.threads, self.gpus, self.workers = threads, gpus_per_run, workers
         self.cluster = cluster  # the cluster's CPU and GPU count, for env.json
 

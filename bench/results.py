@@ -24,7 +24,8 @@ declares them, so that a results directory can be read without the estimator cod
 `objective` (elbo or iwae), `latent` type, whether it is `biased` (1/0), its `bias_reference` (the
 unbiased estimator its bias is measured against, '' if none), its `variance_reference` (the
 estimator its variance is compared with) and `evaluations` of the learning signal per example
-per step.
+per step, and its `source`: '' for a built-in estimator, 'PATH sha256:HASH' for a plugin's
+(bench.plugins).
 
 placements.csv says where each configuration trained, was timed and was measured at shared
 parameters: its key columns, `phase` (train, cost or shared), `backend`, `host`, `process`,
@@ -96,7 +97,10 @@ FACT_COLUMNS = (
     "bias_reference",
     "variance_reference",
     "evaluations",
+    "source",
 )
+# estimators.csv before plugins had no `source`: read as '' (a built-in estimator).
+OPTIONAL_FACT_COLUMNS = {"source": ""}
 PLACEMENT_COLUMNS = (*KEY_COLUMNS, "phase", "backend", "host", "process", "threads", "gpus")
 
 RowKey = tuple[str, ...]
@@ -221,6 +225,7 @@ class RunsFile:
         if path.exists():
             with path.open(newline="") as handle:
                 for row in csv.DictReader(handle):
+                    row = {**OPTIONAL_FACT_COLUMNS, **row}
                     rows[row["estimator"], row["k"]] = [row[c] for c in FACT_COLUMNS]
         for fact in facts:
             rows[str(fact["estimator"]), str(fact["k"])] = [str(fact[c]) for c in FACT_COLUMNS]
@@ -392,9 +397,11 @@ def load_facts(out_dir: Path) -> pd.DataFrame:
             f"no estimators.csv in {out_dir}: it is written by `python -m bench run` (with "
             "--resume on finished results it trains nothing and writes it)"
         )
-    frame = pd.concat(
-        [pd.read_csv(p, dtype=str, keep_default_na=False) for p in present], ignore_index=True
-    )
+    frames = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in present]
+    frames = [
+        f.assign(**{c: v for c, v in OPTIONAL_FACT_COLUMNS.items() if c not in f}) for f in frames
+    ]
+    frame = pd.concat(frames, ignore_index=True)
     if tuple(frame.columns) != FACT_COLUMNS:
         raise ValueError(
             f"estimators.csv has columns {list(frame.columns)}; expected {list(FACT_COLUMNS)}"

@@ -26,6 +26,7 @@ from itertools import pairwise
 import torch
 
 from bench.optimisers import RunOptimizer, build_optimizer, optimizer_kind
+from bench.plugins import source_of
 from bench.results import COMPLETE, DIVERGED, Measurements
 from bench.suites import MODELS, RunConfig, is_reference_trajectory
 from bench.timing import Stopwatch
@@ -123,6 +124,7 @@ def estimator_facts(config: RunConfig) -> dict[str, object]:
         "bias_reference": cls.bias_reference or "",
         "variance_reference": cls.variance_reference(),
         "evaluations": cls.evaluations(config.k),
+        "source": source_of(config.estimator),
     }
 
 

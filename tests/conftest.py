@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,15 @@ TIMING_METRICS = {
 ROOT = Path(__file__).parent.parent
 # Three configurations of 200 steps: with two workers the third starts when one has finished.
 RUN = ["run", "--suite", "quick", "--device", "cpu", "--estimators", "reparam,stl"]
+
+
+DOCS_ESTIMATORS = ROOT / "docs" / "estimators.md"
+
+
+def docs_estimator_example() -> str:
+    """The code of docs/estimators.md's "Adding an estimator": the file a user writes."""
+    section = DOCS_ESTIMATORS.read_text().split("## Adding an estimator", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
 def untimed(path: Path) -> list[tuple[str, ...]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench.results import PLACEMENT_COLUMNS, read_rows
-from tests.conftest import ROOT, RUN, untimed
+from tests.conftest import ROOT, RUN, docs_estimator_example, untimed
 
 RAY = Path(sys.executable).parent / "ray"
 START_TIMEOUT = 120  # seconds for `ray start --head` to report the runtime started
@@ -127,3 +127,20 @@ def test_an_unsatisfiable_gpu_request_exits_2_within_seconds_losing_nothing(
     error = done.stderr.strip().splitlines()[-1]
     assert error.startswith("error: no node of the Ray cluster has 1 CPU + 0.5 GPU"), error
     assert read_rows(out / "runs.csv") == before  # --overwrite refused before truncating
+
+
+def test_a_plugin_outside_the_project_travels_with_the_ray_tasks(tmp_path):
+    """The plugin file is not in the working_dir Ray ships: its source goes with each task, and
+    the rows are those of the same plugin run in the driver."""
+    plugin = tmp_path / "score_half.py"
+    plugin.write_text(docs_estimator_example())
+    run = ["run", "--suite", "quick", "--device", "cpu", "--estimators", "score_half"]
+    run += ["--plugin", str(plugin)]
+    serial, on_ray = tmp_path / "serial", tmp_path / "ray"
+    done = run_bench(*run, "--out", str(serial), "--workers", "1")
+    assert done.returncode == 0, done.stderr
+    done = run_bench(*run, "--out", str(on_ray), "--backend", "ray", "--workers", "2")
+    assert done.returncode == 0, done.stderr
+    rows = untimed(on_ray / "runs.csv")
+    assert {r[2] for r in rows} == {"score_half"}
+    assert rows == untimed(serial / "runs.csv")

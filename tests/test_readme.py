@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import torch
 
+from tests.conftest import DOCS_ESTIMATORS, docs_estimator_example
 from vae_core.estimators import REGISTRY, make_estimator
-
-README = Path(__file__).parent.parent / "docs" / "estimators.md"
-
-
-def readme_estimator_example() -> str:
-    section = README.read_text().split("## Adding an estimator", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
 def test_readme_estimator_registers_and_is_unbiased(monkeypatch):
@@ -28,7 +19,7 @@ def test_readme_estimator_registers_and_is_unbiased(monkeypatch):
 
     monkeypatch.setattr("vae_core.estimators.base.REGISTRY", dict(REGISTRY))
     namespace: dict[str, object] = {}
-    exec(compile(readme_estimator_example(), str(README), "exec"), namespace)
+    exec(compile(docs_estimator_example(), str(DOCS_ESTIMATORS), "exec"), namespace)
     from vae_core.estimators import base
 
     name = next(n for n in base.REGISTRY if n not in REGISTRY)

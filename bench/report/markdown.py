@@ -395,7 +395,23 @@ def _env_line(env: dict[str, object], device: str) -> str:
             parts.append(f"commit {_commit_text(env['git_commit'])}")
         if env.get("suite"):
             parts.append(f"suite {env['suite']}")
+    plugins = _plugins_text(env)
+    if plugins:
+        parts.append(plugins)
     return f"Environment ({device}): " + ("; ".join(parts) if parts else "no env.json")
+
+
+def _plugins_text(env: dict[str, object]) -> str:
+    """'plugin estimators: score_half from /path/score_half.py (sha256 5d3aba9b1a17)', over the
+    env.json record and its history (bench.plugins)."""
+    records = [*(env.get("history") or []), env]
+    seen: dict[str, str] = {}
+    for record in records:
+        for plugin in record.get("plugins", []) if isinstance(record, dict) else []:
+            names = ", ".join(plugin.get("estimators", []))
+            sha = str(plugin.get("sha256", ""))[:12]
+            seen.setdefault(f"{names} from {plugin.get('path')} (sha256 {sha})", "")
+    return "plugin estimators: " + "; ".join(seen) if seen else ""
 
 
 def _threads_text(threads: object) -> str:

@@ -243,7 +243,10 @@ def register(name: str) -> Callable[[type[Estimator]], type[Estimator]]:
 
     def add(cls: type[Estimator]) -> type[Estimator]:
         if name in REGISTRY:
-            raise ValueError(f"estimator {name!r} registered twice")
+            raise ValueError(
+                f"estimator {name!r} is already registered (by {REGISTRY[name].__module__});"
+                " choose another name"
+            )
         cls.name = name
         REGISTRY[name] = cls
         return cls
