@@ -204,3 +204,18 @@ def test_the_results_name_the_plugin_file_and_its_hash(plugin_runs):
     assert f"plugin estimators: score_half from {plugin} (sha256 {sha[:12]})" in summary
     assert "**score_half**" in summary
     assert read_rows(serial / "runs.csv")
+
+
+def test_the_console_script_lists_a_plugin_from_a_users_directory(plugin_file):
+    """`make install` (pip install -e .) puts `vae-bench` beside the interpreter."""
+    script = Path(sys.executable).parent / "vae-bench"
+    assert script.is_file(), "vae-bench is not installed: run make install"
+    done = subprocess.run(
+        [str(script), "list", "--plugin", plugin_file.name],
+        cwd=plugin_file.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "score_half " in done.stdout and f"[plugin {plugin_file}]" in done.stdout
