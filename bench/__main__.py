@@ -8,6 +8,7 @@ works where torch and the estimator code are not importable.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -41,11 +42,33 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     args.argv = argv
+    from bench.writer_lock import DirectoryLocked
+
     try:
-        return args.handler(args)
-    except UsageError as err:
+        with contextlib.ExitStack() as resources:
+            args.resources = resources  # what a command holds until it ends (the writer lock)
+            return args.handler(args)
+    except (UsageError, DirectoryLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        print(f"error: {file_system_error(err)}", file=sys.stderr)
+        return FILE_SYSTEM_EXIT
+
+
+# The exit status of a file system fault (full disk, read-only or vanished directory, lost
+# permission): the rows written before it are kept, and --resume finishes the rest.
+FILE_SYSTEM_EXIT = 3
+
+
+def file_system_error(err: OSError) -> str:
+    """One line: the path, the problem and what to do."""
+    where = f"{err.filename}: " if err.filename else ""
+    problem = err.strerror or str(err)
+    return (
+        f"{where}{problem}; the results written so far are kept: fix this, then run again with"
+        " --resume"
+    )
 
 
 def program_name() -> str:
@@ -182,11 +205,22 @@ def build_parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
     return parser
 
 
+def note_writer(*directories: Path) -> None:
+    """A reader goes ahead while `run` writes a directory, and says so on stderr."""
+    from bench.writer_lock import writer_note
+
+    for directory in directories:
+        note = writer_note(Path(directory))
+        if note:
+            print(note, file=sys.stderr)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """summary.md, summary.csv and plots from DIR; 2 (one line on stderr) without runs."""
     from bench.report import NoRunsError, write_report
 
     out = Path(args.out)
+    note_writer(out)
     try:
         written = write_report(out)
     except NoRunsError:
@@ -208,6 +242,7 @@ def cmd_agree(args: argparse.Namespace) -> int:
     from bench.compare import compare, summary_lines
     from bench.results import NoRunsError
 
+    note_writer(args.out, args.reference)
     try:
         verdicts, timings = compare(args.out, args.reference)
     except NoRunsError as error:
@@ -233,6 +268,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for directory in (args.dir_a, args.dir_b):
         if not directory.is_dir():
             raise UsageError(f"no results directory {directory}")
+    note_writer(args.dir_a, args.dir_b)
     unknown = sorted(set(args.metrics or []) - set(METRICS))
     if unknown:
         raise UsageError(f"unknown metric {unknown[0]!r}; known: {', '.join(sorted(METRICS))}")
@@ -459,6 +495,7 @@ def make_backend(
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from bench import writer_lock
     from bench.cost import cost_pass
     from bench.environment import environment_record, write_environment
     from bench.execution import pinned_threads, train
@@ -473,6 +510,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, args.backend, gpus)
     workers, threads = resolve_placement(args, device)
     check_writable(args.out)
+    command = " ".join([program_name(), *args.argv])
+    args.resources.enter_context(writer_lock.exclusive(args.out, command))
     suite, data = select_suite(args)
     try:
         kept, done = RunsFile.check(args.out, resume=args.resume, overwrite=args.overwrite)

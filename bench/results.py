@@ -380,7 +380,15 @@ def load_runs(out_dir: Path) -> pd.DataFrame:
         frame[column] = numbers.astype("int64" if column in INTEGER_COLUMNS else "float64")
     value = pd.to_numeric(frame["value"], errors="coerce")
     frame["value"] = value.where(np.isfinite(value))
-    frame = frame.drop_duplicates(subset=keys, keep="last")
+    repeated = frame.duplicated(subset=keys, keep="last")
+    if repeated.any():
+        log.warning(
+            "%s: %d measurement(s) appear more than once (a configuration written twice);"
+            " the last written of each is kept, never both",
+            path,
+            int(repeated.sum()),
+        )
+        frame = frame[~repeated]
     return frame.sort_values(keys, kind="mergesort").reset_index(drop=True)
 
 
