@@ -39,7 +39,7 @@ import csv
 import io
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -219,14 +219,16 @@ class RunsFile:
 
     def record_facts(self, facts: Iterable[dict[str, object]]) -> None:
         """Add rows of FACT_COLUMNS to estimators.csv (replacing those of the same estimator and
-        K), sorted by estimator and K; written whole and atomically."""
+        K, and dropping malformed ones: a truncated file heals), sorted by estimator and K;
+        written whole and atomically."""
         path = self.path.with_name("estimators.csv")
         rows: dict[tuple[str, str], list[str]] = {}
         if path.exists():
             with path.open(newline="") as handle:
                 for row in csv.DictReader(handle):
                     row = {**OPTIONAL_FACT_COLUMNS, **row}
-                    rows[row["estimator"], row["k"]] = [row[c] for c in FACT_COLUMNS]
+                    if all(valid(row.get(c) or "") for c, valid in FACT_VALUES.items()):
+                        rows[row["estimator"], row["k"]] = [row[c] for c in FACT_COLUMNS]
         for fact in facts:
             rows[str(fact["estimator"]), str(fact["k"])] = [str(fact[c]) for c in FACT_COLUMNS]
         tmp = path.with_suffix(".csv.tmp")
@@ -359,7 +361,7 @@ def load_runs(out_dir: Path) -> pd.DataFrame:
             raise ValueError(f"{one} is not a readable CSV: {first_line}") from error
         if tuple(frame.columns) != COLUMNS:
             raise ValueError(f"{one} has columns {list(frame.columns)}; expected {list(COLUMNS)}")
-        frames.append(frame)
+        frames.append(check_values(frame, one))
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
     keys = [*KEY_COLUMNS, "step", "metric"]
     cut = frame[keys].isna().any(axis=1)
@@ -378,7 +380,7 @@ def load_runs(out_dir: Path) -> pd.DataFrame:
             example = frame.loc[bad, column].iloc[0]
             raise ValueError(f"{path}: column {column} must hold {kind}, found {example!r}")
         frame[column] = numbers.astype("int64" if column in INTEGER_COLUMNS else "float64")
-    value = pd.to_numeric(frame["value"], errors="coerce")
+    value = frame["value"].astype(float)  # every text a number (check_values)
     frame["value"] = value.where(np.isfinite(value))
     repeated = frame.duplicated(subset=keys, keep="last")
     if repeated.any():
@@ -390,6 +392,55 @@ def load_runs(out_dir: Path) -> pd.DataFrame:
         )
         frame = frame[~repeated]
     return frame.sort_values(keys, kind="mergesort").reset_index(drop=True)
+
+
+def is_number(text: object) -> bool:
+    """Whether a CSV cell reads as a float ('nan' and 'inf' do; '' and 'abc' do not)."""
+    try:
+        float(text) if isinstance(text, str) else float("x")
+    except ValueError:
+        return False
+    return True
+
+
+def check_values(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """The frame, its `value`s all numbers: a last line whose value is not one is a line torn by
+    a kill, dropped with a warning; any other is a ValueError naming its line."""
+    numeric = frame["value"].map(is_number)
+    if len(frame) and not numeric.iloc[-1]:
+        log.warning("dropping the torn last line of %s", path)
+        frame, numeric = frame.iloc[:-1], numeric.iloc[:-1]
+    if not numeric.all():
+        first = int(numeric.to_numpy().argmin())
+        text = frame["value"].iloc[first]
+        shown = text if isinstance(text, str) else ""
+        raise ValueError(f"{path} line {first + 2}: value {shown!r} is not a number")
+    return frame
+
+
+# What each fact may hold (estimators.csv is written by bench.runner.estimator_facts).
+FACT_VALUES: dict[str, Callable[[str], bool]] = {
+    "estimator": lambda v: v != "",
+    "k": lambda v: v.isdigit() and int(v) >= 1,
+    "objective": lambda v: v in ("elbo", "iwae"),
+    "latent": lambda v: v in ("gaussian", "bernoulli", "categorical"),  # vae_core.models
+    "biased": lambda v: v in ("0", "1"),
+    "variance_reference": lambda v: v != "",
+    "evaluations": lambda v: v.isdigit() and int(v) >= 1,
+}
+
+
+def check_facts(frame: pd.DataFrame, path: Path) -> None:
+    """ValueError naming the line and column of the first fact that is missing or malformed
+    (a truncated or edited estimators.csv)."""
+    for line, row in enumerate(frame.itertuples(index=False), start=2):
+        for column, valid in FACT_VALUES.items():
+            value = getattr(row, column)
+            if not valid(value):
+                raise ValueError(
+                    f"{path} line {line}: {column} {value!r} is not valid (a truncated or"
+                    " edited file? `python -m bench run --resume` on the same suite rewrites it)"
+                )
 
 
 def load_facts(out_dir: Path) -> pd.DataFrame:
@@ -405,15 +456,21 @@ def load_facts(out_dir: Path) -> pd.DataFrame:
             f"no estimators.csv in {out_dir}: it is written by `python -m bench run` (with "
             "--resume on finished results it trains nothing and writes it)"
         )
-    frames = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in present]
-    frames = [
-        f.assign(**{c: v for c, v in OPTIONAL_FACT_COLUMNS.items() if c not in f}) for f in frames
-    ]
+    frames = []
+    for path in present:
+        try:
+            one = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except (pd.errors.EmptyDataError, pd.errors.ParserError) as error:
+            reason = str(error).strip().splitlines()[0]
+            raise ValueError(f"{path} is not a readable CSV: {reason}") from None
+        one = one.assign(**{c: v for c, v in OPTIONAL_FACT_COLUMNS.items() if c not in one})
+        if tuple(one.columns) != FACT_COLUMNS:
+            raise ValueError(
+                f"{path} has columns {list(one.columns)}; expected {list(FACT_COLUMNS)}"
+            )
+        check_facts(one, path)
+        frames.append(one)
     frame = pd.concat(frames, ignore_index=True)
-    if tuple(frame.columns) != FACT_COLUMNS:
-        raise ValueError(
-            f"estimators.csv has columns {list(frame.columns)}; expected {list(FACT_COLUMNS)}"
-        )
     frame = frame.drop_duplicates(subset=["estimator", "k"], keep="first")
     frame["k"] = frame["k"].astype("int64")
     frame["evaluations"] = frame["evaluations"].astype("int64")
