@@ -1,4 +1,5 @@
-"""Command line: python -m bench {list,run,report,agree,compare,toy}. The only place that parses
+"""Command line: python -m bench {list,run,check,report,agree,compare,toy}. The only place that
+parses arguments or prints.
 
 Each command imports what it needs when it runs: `report` reads a results directory alone, and
 works where torch and the estimator code are not importable.
@@ -100,6 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(handler=cmd_run)
 
+    check = commands.add_parser(
+        "check", help="the correctness battery (exact gradients, purity, variance) of estimators"
+    )
+    check.add_argument("names", nargs="*", help="registered estimators (`python -m bench list`)")
+    check.add_argument("--all", action="store_true", help="every registered estimator")
+    check.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default: 0)")
+    check.add_argument(
+        "--draws",
+        type=int,
+        default=None,
+        help="gradient draws per unbiasedness z-test, >= 100 (default: 10,000)",
+    )
+    check.set_defaults(handler=cmd_check)
+
     report = commands.add_parser("report", help="summary.md, summary.csv and plots from DIR")
     report.add_argument("--out", default="results", type=Path, help="results directory")
     report.set_defaults(handler=cmd_report)
@@ -151,6 +166,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     toy.set_defaults(handler=cmd_toy)
     return parser
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """The battery of bench.check per estimator, a verdict table each; 1 when any check fails,
+    2 (one line) for bad arguments."""
+    import torch
+
+    from bench.check import DEFAULT_DRAWS, check_estimator, failed, table
+    from vae_core.estimators import REGISTRY
+
+    if bool(args.names) == args.all:
+        raise UsageError("give estimator names or --all (not both)")
+    names = list(REGISTRY) if args.all else args.names
+    unknown = [name for name in names if name not in REGISTRY]
+    if unknown:
+        raise UsageError(f"unknown estimator {unknown[0]!r}; valid: {', '.join(REGISTRY)}")
+    draws = DEFAULT_DRAWS if args.draws is None else args.draws
+    if draws < 100 or args.seed < 0:
+        raise UsageError("--draws must be >= 100 and --seed >= 0")
+    torch.set_num_threads(1)  # the models are tiny: one thread is the fastest
+    failures = []
+    for name in names:
+        verdicts = check_estimator(name, draws, args.seed)
+        print(table(name, verdicts), end="\n\n", flush=True)
+        if failed(verdicts):
+            failures.append(name)
+    print(f"{len(names) - len(failures)} of {len(names)} estimators pass", end="")
+    print(f"; failed: {', '.join(failures)}" if failures else "")
+    return int(bool(failures))
 
 
 def cmd_report(args: argparse.Namespace) -> int:

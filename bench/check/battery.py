@@ -256,15 +256,13 @@ def unbiased_verdict(
     group = max(z, key=z.get)
     value = f"{z[group]:.2f} ({group})"
     margin = f"< {threshold:.2f}"
+    bias = (draws[group].mean(0) - reference[group]).norm() / reference[group].norm()
+    size = f"relative bias |mean - grad| / |grad| = {bias:.3g}"
     if battery.cls.is_biased(battery.n_particles):
-        return Verdict(check, "max |z|", value, margin, DECLARED)
+        return Verdict(check, "max |z|", value, margin, DECLARED, f"{group}: {size}")
     if z[group] < threshold:
         return Verdict(check, "max |z|", value, margin, PASS)
-    bias = (draws[group].mean(0) - reference[group]).norm() / reference[group].norm()
-    detail = (
-        f"biased: {group} max |z| = {z[group]:.2f} >= {threshold:.2f}, "
-        f"relative bias |mean - grad| / |grad| = {bias:.3g}"
-    )
+    detail = f"biased: {group} max |z| = {z[group]:.2f} >= {threshold:.2f}, {size}"
     return Verdict(check, "max |z|", value, margin, FAIL, detail)
 
 
