@@ -96,18 +96,20 @@ def test_estimator_is_unbiased_on_linear_gaussian_model(name, kl, n_particles):
     assert_unbiased(estimator, x, reference, seed=3)
 
 
+class LeaveOneIn(ScoreLeaveOneOut):
+    """A planted bias: a leave-one-*in* baseline (the mean of all K signals, which depends on
+    z_k) shrinks the score term by (K − 1)/K."""
+
+    def forward(self, x, noise):
+        out = super().forward(x, noise)
+        f, kl_analytic, log_q = self.sample_terms(x, noise, stop_path=True)
+        signal = f - f.mean(0, keepdim=True)
+        surrogate = score_function_surrogate(f, log_q, kl_analytic, signal)
+        return type(out)(surrogate, out.elbo, out.learning_signal)
+
+
 def test_z_test_detects_a_known_bias():
-    """Power check at the same R: a leave-one-*in* baseline (the mean of all K signals, which
-    depends on z_k) shrinks the score term by (K − 1)/K and must fail the test."""
-
-    class LeaveOneIn(ScoreLeaveOneOut):
-        def forward(self, x, noise):
-            out = super().forward(x, noise)
-            f, kl_analytic, log_q = self.sample_terms(x, noise, stop_path=True)
-            signal = f - f.mean(0, keepdim=True)
-            surrogate = score_function_surrogate(f, log_q, kl_analytic, signal)
-            return type(out)(surrogate, out.elbo, out.learning_signal)
-
+    """Power check at the same R: LeaveOneIn must fail the test."""
     model, x = small_vae(), small_batch()
     estimator = LeaveOneIn(model, kl="analytic", n_particles=2)
     reference = reference_gradient(model, lambda: quadrature_elbo(model, x))
