@@ -98,7 +98,7 @@ def outcomes(verdicts, prefix: str) -> set[str]:
 
 
 def test_undeclared_pathwise_bias_fails_naming_it(planted):
-    """Relative bias 0.1 of the encoder gradient (measured max |z| ≈ 13-40 against 4.3-4.8)."""
+    """Relative bias 0.1 of the encoder gradient: measured max |z| 7.1-436 against 4.3-4.8."""
     verdicts = check_estimator(planted("scaled_reparam", ScaledReparam))
     bad = [v for v in verdicts if v.outcome == FAIL]
     assert bad and all(v.check.startswith("unbiased") for v in bad)
