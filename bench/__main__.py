@@ -1,5 +1,5 @@
 """Command line: python -m bench (or the console script vae-bench)
-{list,run,check,report,agree,compare,toy}. The only place that parses arguments.
+{list,run,check,report,agree,compare,toy}. The only place that parses arguments or prints.
 
 Each command imports what it needs when it runs: `report` reads a results directory alone, and
 works where torch and the estimator code are not importable.
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import torch
 
     from bench.execution import Backend
+    from bench.plugins import Plugin
     from bench.runner import StepCallback
     from bench.suites import RunConfig, Suite
     from bench.toy import ToyResult
@@ -87,14 +88,14 @@ def add_plugin_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_plugins(args: argparse.Namespace) -> None:
+def load_plugins(args: argparse.Namespace) -> tuple[Plugin, ...]:
     """--plugin's files and modules, then the installed entry points: a broken plugin is a
     UsageError (one line, exit 2) before anything trains."""
     from bench.plugins import PluginError
     from bench.plugins import load_plugins as load
 
     try:
-        load(args.plugin)
+        return load(args.plugin)
     except PluginError as error:
         raise UsageError(str(error)) from None
 
@@ -151,6 +152,21 @@ def build_parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
         help="with --backend ray: GPUs per run, fractions pack runs on a card (default 0: CPU)",
     )
     run.set_defaults(handler=cmd_run)
+
+    check = commands.add_parser(
+        "check", help="the correctness battery (exact gradients, purity, variance) of estimators"
+    )
+    check.add_argument("names", nargs="*", help="registered estimators (`python -m bench list`)")
+    check.add_argument("--all", action="store_true", help="every registered estimator")
+    add_plugin_argument(check)
+    check.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default: 0)")
+    check.add_argument(
+        "--draws",
+        type=int,
+        default=None,
+        help="gradient draws per unbiasedness z-test, >= 100 (default: 10,000)",
+    )
+    check.set_defaults(handler=cmd_check)
 
     report = commands.add_parser("report", help="summary.md, summary.csv and plots from DIR")
     report.add_argument("--out", default="results", type=Path, help="results directory")
@@ -213,6 +229,38 @@ def note_writer(*directories: Path) -> None:
         note = writer_note(Path(directory))
         if note:
             print(note, file=sys.stderr)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """The battery of bench.check per estimator, a verdict table each; 1 when any check fails,
+    2 (one line) for bad arguments."""
+    import torch
+
+    from bench.check import DEFAULT_DRAWS, check_estimator, failed, table
+    from vae_core.estimators import REGISTRY
+
+    plugins = load_plugins(args)
+    if not args.names and not args.all and plugins:
+        args.names = [name for plugin in plugins for name in plugin.estimators]
+    if bool(args.names) == args.all:
+        raise UsageError("give estimator names, --all or a --plugin (not names and --all)")
+    names = list(REGISTRY) if args.all else args.names
+    unknown = [name for name in names if name not in REGISTRY]
+    if unknown:
+        raise UsageError(f"unknown estimator {unknown[0]!r}; valid: {', '.join(REGISTRY)}")
+    draws = DEFAULT_DRAWS if args.draws is None else args.draws
+    if draws < 100 or args.seed < 0:
+        raise UsageError("--draws must be >= 100 and --seed >= 0")
+    torch.set_num_threads(1)  # the models are tiny: one thread is the fastest
+    failures = []
+    for name in names:
+        verdicts = check_estimator(name, draws, args.seed)
+        print(table(name, verdicts), end="\n\n", flush=True)
+        if failed(verdicts):
+            failures.append(name)
+    print(f"{len(names) - len(failures)} of {len(names)} estimators pass", end="")
+    print(f"; failed: {', '.join(failures)}" if failures else "")
+    return int(bool(failures))
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -17,18 +17,17 @@ import pytest
 import torch
 from torch.func import functional_call, grad, vmap
 
-from tests.test_discrete import (
-    binary_batch,
+from bench.check.ztest import threshold_for, z_scores
+from vae_core.densities import bernoulli_log_density
+from vae_core.estimators import make_estimator
+from vae_core.estimators.control_variates import DoubleControlVariate, Rodeo
+from vae_core.exact import (
     binary_vae,
     enumerated_elbo,
     every_latent,
     reference_gradient,
-    threshold_for,
-    z_scores,
+    small_batch,
 )
-from vae_core.densities import bernoulli_log_density
-from vae_core.estimators import make_estimator
-from vae_core.estimators.control_variates import DoubleControlVariate, Rodeo
 from vae_core.gradients import (
     gradient_draws,
     group_of,
@@ -69,7 +68,7 @@ def trained_state(name: str, kl: str, n_particles: int, beta: float) -> dict[str
     """Control-variate parameters after TRAIN_STEPS of the training loop's step (Adam ascending
     the surrogate) on the control-variate parameters only, so the model (and ∇L) stay fixed."""
     estimator = make_estimator(name, binary_vae(), kl, n_particles, beta=beta)
-    x = binary_batch()
+    x = small_batch()
     optimizer = torch.optim.Adam(control_parameters(estimator).values(), lr=TRAIN_LR)
     generator = torch.Generator().manual_seed(0)
     for _ in range(TRAIN_STEPS):
@@ -82,7 +81,7 @@ def trained_state(name: str, kl: str, n_particles: int, beta: float) -> dict[str
 
 def prepared(name: str, kl: str, n_particles: int, beta: float, state: str):
     """(estimator, model, x) with the control variate in `state`."""
-    model, x = binary_vae(), binary_batch()
+    model, x = binary_vae(), small_batch()
     estimator = make_estimator(name, model, kl, n_particles, beta=beta)
     if state == "perturbed":
         perturb(estimator)
@@ -186,7 +185,7 @@ class LeaveOneInRodeo(Rodeo):
 def test_exact_mean_detects_a_biased_control_variate(cls):
     """Power check, perturbed parameters as above: measured relative encoder errors 0.34
     (uncorrected double CV) and 0.041 (leave-one-in RODEO); decoders exact (< 1e-15)."""
-    model, x = binary_vae(), binary_batch()
+    model, x = binary_vae(), small_batch()
     estimator = cls(model, kl="analytic", n_particles=2)
     perturb(estimator)
     errors = exact_mean_errors(estimator, model, x, 1.0)
@@ -199,7 +198,7 @@ def test_exact_mean_detects_a_biased_control_variate(cls):
 @pytest.mark.parametrize("name", ["double_cv", "rodeo"])
 def test_initial_estimator_is_rloo(name):
     """With every control-variate scale at 0 the draws are RLOO's, noise for noise."""
-    model, x = binary_vae(), binary_batch()
+    model, x = binary_vae(), small_batch()
     draws = {}
     for estimator_name in (name, "reinforce_loo"):
         estimator = make_estimator(estimator_name, model, "mc", 2)

@@ -11,7 +11,6 @@ Gauss–Legendre quadrature on the pieces gives its exact mean and variance.
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -20,18 +19,19 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from tests.test_estimators import (
-    N_DRAWS,
-    bonferroni_threshold,
-    reference_gradient,
-    threshold_for,
-    z_scores,
-)
+from bench.check.ztest import N_DRAWS, bonferroni_threshold, threshold_for, z_scores
 from vae_core.densities import bernoulli_log_density
 from vae_core.estimators import REGISTRY, EstimatorError, make_estimator
 from vae_core.evaluation import log_likelihood_estimate
+from vae_core.exact import (
+    binary_vae,
+    enumerated_elbo,
+    every_latent,
+    reference_gradient,
+    small_batch,
+)
 from vae_core.gradients import gradient_draws
-from vae_core.models import BernoulliLatentModel, BernoulliVAE, ModelConfig, build_model
+from vae_core.models import BernoulliLatentModel, BernoulliVAE, ModelConfig
 
 DISCRETE = [name for name, cls in REGISTRY.items() if cls.latent == "bernoulli"]
 UNBIASED = [
@@ -45,51 +45,13 @@ UNBIASED = [
 BIASED = ("gumbel", "st_gumbel")
 
 
-def binary_vae() -> BernoulliLatentModel:
-    """Input 6, hidden (5,), 3 binary latents, float64; q(b|x) and p(b) moved off σ(0) = ½."""
-    torch.manual_seed(0)
-    config = ModelConfig(input_dim=6, hidden=(5,), latent_dim=3, latent="bernoulli")
-    model = build_model(config).double()
-    with torch.no_grad():
-        model.encoder[-1].bias.copy_(torch.tensor([0.8, -0.6, 1.2], dtype=torch.float64))
-        model.prior_logits.copy_(torch.tensor([-0.7, 0.5, 0.3], dtype=torch.float64))
-    return model
-
-
-def binary_batch() -> torch.Tensor:
-    generator = torch.Generator().manual_seed(1)
-    return torch.bernoulli(torch.full((3, 6), 0.4, dtype=torch.float64), generator=generator)
-
-
-def every_latent(model: BernoulliLatentModel, batch_size: int) -> torch.Tensor:
-    """All b ∈ {0, 1}^D, shape (2^D, M, D)."""
-    atoms = torch.tensor(list(itertools.product((0.0, 1.0), repeat=model.latent_dim)))
-    return atoms.double().unsqueeze(1).expand(-1, batch_size, -1)
-
-
-def enumerated_elbo(
-    model: BernoulliLatentModel, x: torch.Tensor, beta: float = 1.0, analytic_kl: bool = True
-) -> torch.Tensor:
-    """Exact minibatch-mean β-ELBO: Σ_b q(b|x) log p(x|b) − β KL(q‖p) (analytic_kl), or
-    Σ_b q(b|x) [log p(x|b) + β (log p(b) − log q(b|x))]."""
-    b, logits = every_latent(model, len(x)), model.encode(x)
-    log_q = bernoulli_log_density(b, logits)
-    q = log_q.exp()
-    if analytic_kl:
-        per_example = (q * model.log_likelihood(x, b)).sum(0) - beta * model.kl_to_prior(logits)
-    else:
-        log_weight = model.log_likelihood(x, b) + beta * (model.log_prior(b) - log_q)
-        per_example = (q * log_weight).sum(0)
-    return per_example.mean()
-
-
 # Exact reference by enumeration ------------------------------------------------------------------
 
 
 def test_enumerated_elbo_forms_agree():
     """E_q[log p(x|b)] − β KL = E_q[log p(x|b) + β (log p(b) − log q)], values and gradients,
     and the enumerated rate Σ_b q (log q − log p(b)) is the model's closed-form `rate`."""
-    model, x = binary_vae(), binary_batch()
+    model, x = binary_vae(), small_batch()
     for beta in (1.0, 2.5):
         analytic = reference_gradient(model, lambda b=beta: enumerated_elbo(model, x, b))
         single = reference_gradient(model, lambda b=beta: enumerated_elbo(model, x, b, False))
@@ -109,7 +71,7 @@ def test_enumerated_elbo_forms_agree():
 @pytest.mark.parametrize(("name", "n_particles"), UNBIASED)
 @pytest.mark.parametrize("beta", [1.0, 2.5])
 def test_discrete_estimator_is_unbiased(name, n_particles, kl, beta):
-    model, x = binary_vae(), binary_batch()
+    model, x = binary_vae(), small_batch()
     estimator = make_estimator(name, model, kl, n_particles, beta=beta)
     reference = reference_gradient(model, lambda: enumerated_elbo(model, x, beta))
     z = z_scores(estimator, x, reference, seed=11)
@@ -122,7 +84,7 @@ def test_relaxed_estimators_are_biased():
     coordinates): encoder max |z| ≈ 29 (gumbel) and 40 (st_gumbel), gumbel decoder ≈ 49; relative
     biases ‖mean − ∇L‖ / ‖∇L‖ 1-2.5 %, stable over seeds. st_gumbel decodes the exact
     b ~ q(b|x), so its decoder gradient is ∇_θ L, unbiased (max |z| ≈ 2.1)."""
-    model, x = binary_vae(), binary_batch()
+    model, x = binary_vae(), small_batch()
     reference = reference_gradient(model, lambda: enumerated_elbo(model, x))
     threshold = threshold_for(reference)
     gumbel = z_scores(make_estimator("gumbel", model), x, reference, seed=12)
@@ -136,7 +98,7 @@ def test_gumbel_decoder_bias_shrinks_with_the_temperature():
     tends to ∇_θ log p(x|b), unbiased. ‖bias‖² is estimated without bias by
     ‖mean − ∇_θ L‖² − tr Cov / R; measured ≈ 6.5e-4 ‖∇_θ L‖² at τ = ½ and 1.3e-5 ‖∇_θ L‖² at
     τ = 0.1, with tr Cov / R ≈ 4-5e-6 ‖∇_θ L‖²."""
-    model, x = binary_vae(), binary_batch()
+    model, x = binary_vae(), small_batch()
     reference = reference_gradient(model, lambda: enumerated_elbo(model, x))["decoder"]
     squared_bias = {}
     for temperature in (0.5, 0.1):
@@ -362,7 +324,7 @@ def test_mc_kl_learning_signal_has_no_score_term_at_fixed_b(name, n_particles):
     signal f = log p(x|b) + β(log p(b) − log q(b|x)) is the analytic-KL one, log p(x|b), for every
     b, and ∇KL = 0; so the encoder draws must be the same in both modes, noise for noise, with
     the control variates at a random state. Keeping the term adds −β mean_k ∇_φ log q(b_k|x)."""
-    model, x = exact_prior_posterior_vae(), binary_batch()
+    model, x = exact_prior_posterior_vae(), small_batch()
     draws = {}
     for kl in ("analytic", "mc"):
         torch.manual_seed(19)  # RODEO's and RELAX's networks start from the global generator
@@ -383,7 +345,7 @@ def test_mc_kl_learning_signal_has_no_score_term_at_fixed_b(name, n_particles):
     ("name", "kl"), [(name, kl) for name in DISCRETE for kl in REGISTRY[name].kl_modes]
 )
 def test_vmap_and_loop_draws_agree(name, kl):
-    model, x = binary_vae(), binary_batch()
+    model, x = binary_vae(), small_batch()
     estimator = make_estimator(name, model, kl, max(REGISTRY[name].min_particles, 2))
     batched = gradient_draws(estimator, x, 5, torch.Generator().manual_seed(4), method="vmap")
     looped = gradient_draws(estimator, x, 5, torch.Generator().manual_seed(4), method="loop")
@@ -396,7 +358,7 @@ def test_posterior_samples_and_log_likelihood_estimate():
     log p̂(x) = log mean_k p(x, b_k)/q(b_k|x) is within z-bounds of the exact
     log p(x) = log Σ_b p(b) p(x|b), with the delta-method SE √Var_q(w) / (p(x) √n) and
     Var_q(w) = Σ_b p(x, b)²/q(b|x) − p(x)², both by enumeration."""
-    model, x, n = binary_vae(), binary_batch(), 20_000
+    model, x, n = binary_vae(), small_batch(), 20_000
     logits = model.encode(x).detach()
     with torch.no_grad():
         b, log_q, _ = model.sample_posterior(x, n, torch.Generator().manual_seed(15))

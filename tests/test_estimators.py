@@ -4,20 +4,24 @@ Bernoulli VAE with 2 latents). Tolerances come from the standard error of the me
 
 from __future__ import annotations
 
-import math
-from statistics import NormalDist
-
-import numpy as np
 import pytest
 import torch
 
+from bench.check.ztest import (
+    threshold_for,
+    z_scores,
+)
 from vae_core.estimators import REGISTRY, EstimatorError, make_estimator
 from vae_core.estimators.score import ScoreLeaveOneOut, score_function_surrogate
+from vae_core.exact import (
+    linear_gaussian_model,
+    quadrature_elbo,
+    reference_gradient,
+    small_batch,
+    small_vae,
+)
 from vae_core.gradients import gradient_draws, gradient_statistics
-from vae_core.models import BernoulliVAE, LinearGaussianModel, ModelConfig
-
-N_DRAWS = 20_000
-FAMILY_ERROR = 1e-3  # family-wise false-alarm rate of the Bonferroni z-test
+from vae_core.models import ModelConfig
 
 
 def all_configurations(objective: str | None = "elbo") -> list[tuple[str, str, int]]:
@@ -32,58 +36,6 @@ def all_configurations(objective: str | None = "elbo") -> list[tuple[str, str, i
     ]
 
 
-def small_vae() -> BernoulliVAE:
-    torch.manual_seed(0)
-    model = BernoulliVAE(ModelConfig(input_dim=6, hidden=(5,), latent_dim=2)).double()
-    with torch.no_grad():  # a q(z|x) away from the prior, so KL gradients are not trivial
-        model.encoder[-1].bias.copy_(torch.tensor([0.4, -0.3, -0.5, 0.2], dtype=torch.float64))
-    return model
-
-
-def small_batch() -> torch.Tensor:
-    generator = torch.Generator().manual_seed(1)
-    return torch.bernoulli(torch.full((3, 6), 0.4, dtype=torch.float64), generator=generator)
-
-
-def quadrature_elbo(
-    model: BernoulliVAE, x: torch.Tensor, n_nodes: int = 40, beta: float = 1.0
-) -> torch.Tensor:
-    """Minibatch-mean β-ELBO, E_q[log p(x|z)] − β KL, the expectation by tensor-product
-    Gauss–Hermite quadrature."""
-    nodes, weights = np.polynomial.hermite_e.hermegauss(n_nodes)
-    weights = weights / math.sqrt(2 * math.pi)
-    grid = torch.tensor(np.stack(np.meshgrid(nodes, nodes), -1).reshape(-1, 1, 2))
-    grid_weights = torch.tensor(np.outer(weights, weights).reshape(-1, 1))
-    mean, log_var = model.encode(x)
-    z = mean + torch.exp(0.5 * log_var) * grid
-    expected_log_lik = (grid_weights * model.log_likelihood(x, z)).sum(0)
-    return (expected_log_lik - beta * model.kl_to_prior(mean, log_var)).mean()
-
-
-def reference_gradient(model, objective) -> dict[str, torch.Tensor]:
-    """Exact ∇ of `objective()` flattened per parameter group, in gradient_draws' order."""
-    named = list(model.named_parameters())
-    grads = torch.autograd.grad(objective(), [p for _, p in named])
-    groups: dict[str, list[torch.Tensor]] = {}
-    for (name, _), g in zip(named, grads, strict=True):
-        groups.setdefault(model.parameter_group(name), []).append(g.flatten())
-    return {group: torch.cat(parts) for group, parts in groups.items()}
-
-
-def max_z_score(draws: torch.Tensor, reference: torch.Tensor) -> float:
-    """max_j |mean_j − ref_j| / (std_j/√R); coordinates with zero spread must match exactly."""
-    mean, std = draws.mean(0), draws.std(0)
-    constant = std == 0
-    assert torch.allclose(mean[constant], reference[constant], atol=1e-10)
-    if constant.all():
-        return 0.0
-    return ((mean - reference).abs()[~constant] / (std[~constant] / math.sqrt(len(draws)))).max()
-
-
-def bonferroni_threshold(n_coordinates: int) -> float:
-    return NormalDist().inv_cdf(1 - FAMILY_ERROR / (2 * n_coordinates))
-
-
 def give_running_baselines_state(estimator) -> None:
     """Move running baselines off their initial values (any fixed value keeps them unbiased)."""
     buffers = dict(estimator.named_buffers())
@@ -92,19 +44,6 @@ def give_running_baselines_state(estimator) -> None:
     if "signal_var" in buffers:
         buffers["signal_mean"].fill_(-2.0)
         buffers["signal_var"].fill_(9.0)  # scale max(1, √9) = 3
-
-
-def z_scores(estimator, x, reference, seed: int, n_draws: int = N_DRAWS) -> dict[str, float]:
-    """max |z| per parameter group of R = n_draws draws against `reference`, all draws in one
-    vmap (the models here are tiny: ~1 s for 20,000 draws, against ~60 s in chunks of 25)."""
-    generator = torch.Generator().manual_seed(seed)
-    draws = gradient_draws(estimator, x, n_draws, generator, chunk_size=None)
-    return {group: float(max_z_score(draws[group], ref)) for group, ref in reference.items()}
-
-
-def threshold_for(reference: dict[str, torch.Tensor]) -> float:
-    """The Bonferroni threshold over every coordinate of `reference`."""
-    return bonferroni_threshold(sum(r.numel() for r in reference.values()))
 
 
 def assert_unbiased(estimator, x, reference, seed: int) -> None:
@@ -150,26 +89,27 @@ def test_bad_beta_is_refused(beta):
 
 @pytest.mark.parametrize(("name", "kl", "n_particles"), all_configurations())
 def test_estimator_is_unbiased_on_linear_gaussian_model(name, kl, n_particles):
-    model = LinearGaussianModel(3, prior_mean=torch.tensor([0.5, -1.0, 0.2])).double()
-    x = torch.tensor([[1.0, 0.0, -2.0], [0.3, 0.3, 0.3]], dtype=torch.float64)
+    model, x = linear_gaussian_model()
     estimator = make_estimator(name, model, kl, n_particles)
     give_running_baselines_state(estimator)
     reference = reference_gradient(model, lambda: model.exact_elbo(x).mean())
     assert_unbiased(estimator, x, reference, seed=3)
 
 
+class LeaveOneIn(ScoreLeaveOneOut):
+    """A planted bias: a leave-one-*in* baseline (the mean of all K signals, which depends on
+    z_k) shrinks the score term by (K − 1)/K."""
+
+    def forward(self, x, noise):
+        out = super().forward(x, noise)
+        f, kl_analytic, log_q = self.sample_terms(x, noise, stop_path=True)
+        signal = f - f.mean(0, keepdim=True)
+        surrogate = score_function_surrogate(f, log_q, kl_analytic, signal)
+        return type(out)(surrogate, out.elbo, out.learning_signal)
+
+
 def test_z_test_detects_a_known_bias():
-    """Power check at the same R: a leave-one-*in* baseline (the mean of all K signals, which
-    depends on z_k) shrinks the score term by (K − 1)/K and must fail the test."""
-
-    class LeaveOneIn(ScoreLeaveOneOut):
-        def forward(self, x, noise):
-            out = super().forward(x, noise)
-            f, kl_analytic, log_q = self.sample_terms(x, noise, stop_path=True)
-            signal = f - f.mean(0, keepdim=True)
-            surrogate = score_function_surrogate(f, log_q, kl_analytic, signal)
-            return type(out)(surrogate, out.elbo, out.learning_signal)
-
+    """Power check at the same R: LeaveOneIn must fail the test."""
     model, x = small_vae(), small_batch()
     estimator = LeaveOneIn(model, kl="analytic", n_particles=2)
     reference = reference_gradient(model, lambda: quadrature_elbo(model, x))
@@ -180,9 +120,8 @@ def test_z_test_detects_a_known_bias():
 def test_stl_has_zero_encoder_variance_at_exact_posterior():
     """At q = p(z|x) the per-sample ELBO log p(x, z) − log q(z|x) = log p(x) is constant in z, so
     STL's encoder gradient is exactly zero for every draw; reparam keeps the score term."""
-    model = LinearGaussianModel(3, prior_mean=torch.tensor([0.5, -1.0, 0.2])).double()
+    model, x = linear_gaussian_model()
     model.set_exact_posterior()
-    x = torch.tensor([[1.0, 0.0, -2.0], [0.3, 0.3, 0.3]], dtype=torch.float64)
     stl = gradient_statistics(make_estimator("stl", model, "mc"), x, 200)
     reparam = gradient_statistics(make_estimator("reparam", model, "mc"), x, 200)
     assert reparam["grad_var_encoder"] > 0.1

@@ -21,9 +21,9 @@ import torch
 from scipy.stats import chi2
 
 from bench.suites import MODELS
-from tests.test_estimators import small_batch, small_vae
 from vae_core.data import iterate_minibatches, load_dataset
 from vae_core.estimators import make_estimator
+from vae_core.exact import small_batch, small_vae
 from vae_core.gradients import (
     BiasAccumulator,
     bias_statistics,

@@ -9,88 +9,28 @@ from __future__ import annotations
 import math
 from statistics import NormalDist
 
-import numpy as np
 import pytest
 import torch
 from torch.func import vmap
 
-from tests.test_estimators import (
-    FAMILY_ERROR,
-    N_DRAWS,
-    assert_unbiased,
-    bonferroni_threshold,
-    max_z_score,
+from bench.check.ztest import FAMILY_ERROR, N_DRAWS, bonferroni_threshold, max_z_score
+from tests.test_estimators import assert_unbiased
+from vae_core.estimators import REGISTRY, EstimatorError, make_estimator
+from vae_core.estimators.multisample import VIMCO
+from vae_core.exact import (
+    QUADRATURE_NODES,
+    exact_posterior_model,
+    gauss_hermite,
+    linear_gaussian_log_marginal,
+    one_latent_vae,
+    quadrature_iwae_bound,
+    quadrature_log_marginal,
     reference_gradient,
     small_batch,
 )
-from vae_core.densities import diag_gaussian_log_density
-from vae_core.estimators import REGISTRY, EstimatorError, make_estimator
-from vae_core.estimators.multisample import VIMCO
 from vae_core.gradients import gradient_draws
-from vae_core.models import BernoulliVAE, LinearGaussianModel, ModelConfig
 
 MULTI_SAMPLE = ("iwae", "dreg", "iwae_stl", "vimco")
-QUADRATURE_NODES = 40
-
-
-def one_latent_vae() -> BernoulliVAE:
-    """Input 6, hidden (5,), one latent, float64; q(z|x) moved off the prior."""
-    torch.manual_seed(0)
-    model = BernoulliVAE(ModelConfig(input_dim=6, hidden=(5,), latent_dim=1)).double()
-    with torch.no_grad():
-        model.encoder[-1].bias.copy_(torch.tensor([0.4, -0.5], dtype=torch.float64))
-    return model
-
-
-def gauss_hermite(n_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nodes and weights of E_{ε~N(0,1)}[g(ε)] ≈ Σ_i W_i g(ε_i)."""
-    nodes, weights = np.polynomial.hermite_e.hermegauss(n_nodes)
-    return torch.tensor(nodes), torch.tensor(weights / math.sqrt(2 * math.pi))
-
-
-def node_log_weights(
-    model: BernoulliVAE, x: torch.Tensor, nodes: torch.Tensor, beta: float = 1.0
-) -> torch.Tensor:
-    """log w = log p(x|z) + β(log p(z) − log q(z|x)) at z = μ + σ ε_i per node: shape (n, M)."""
-    mean, log_var = model.encode(x)
-    z = mean + torch.exp(0.5 * log_var) * nodes.view(-1, 1, 1)
-    log_q = diag_gaussian_log_density(z, mean, log_var)
-    return model.log_likelihood(x, z) + beta * (model.log_prior(z) - log_q)
-
-
-def quadrature_iwae_bound(
-    model: BernoulliVAE, x: torch.Tensor, k: int, n_nodes: int = QUADRATURE_NODES, beta: float = 1.0
-) -> torch.Tensor:
-    """Minibatch-mean L_K: E over K independent ε of log (1/K) Σ_k w_k, on the n^K product grid."""
-    nodes, weights = gauss_hermite(n_nodes)
-    log_w = node_log_weights(model, x, nodes, beta)
-    axis_shapes = [[n_nodes if j == i else 1 for j in range(k)] for i in range(k)]
-    per_axis = [log_w.view(*shape, -1) for shape in axis_shapes]  # log w_i on grid axis i
-    bound = torch.logsumexp(torch.stack(torch.broadcast_tensors(*per_axis)), 0) - math.log(k)
-    grid_weights = math.prod(weights.view(shape) for shape in axis_shapes)
-    return (grid_weights.unsqueeze(-1) * bound).sum(tuple(range(k))).mean()
-
-
-def quadrature_log_marginal(model: BernoulliVAE, x: torch.Tensor) -> torch.Tensor:
-    """Minibatch-mean log p(x) = log E_q[w] (the K → ∞ limit of L_K)."""
-    nodes, weights = gauss_hermite(QUADRATURE_NODES)
-    log_w = node_log_weights(model, x, nodes)
-    return torch.logsumexp(log_w + weights.log().unsqueeze(-1), 0).mean()
-
-
-def exact_posterior_model() -> tuple[LinearGaussianModel, torch.Tensor]:
-    model = LinearGaussianModel(3, prior_mean=torch.tensor([0.5, -1.0, 0.2])).double()
-    model.set_exact_posterior()
-    with torch.no_grad():  # log ½ to float64 precision (set_exact_posterior rounds it to float32)
-        model.encoder_log_var.fill_(math.log(0.5))
-    x = torch.tensor([[1.0, 0.0, -2.0], [0.3, 0.3, 0.3]], dtype=torch.float64)
-    return model, x
-
-
-def linear_gaussian_log_marginal(model: LinearGaussianModel, x: torch.Tensor) -> torch.Tensor:
-    """log p(x) per example: x ~ N(μ, 2I)."""
-    return diag_gaussian_log_density(x, model.prior_mean, torch.full_like(x, math.log(2.0)))
-
 
 # The reference -----------------------------------------------------------------------------------
 

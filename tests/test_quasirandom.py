@@ -16,18 +16,18 @@ import pytest
 import torch
 from torch.func import vmap
 
-from tests.test_estimators import (
-    FAMILY_ERROR,
-    assert_unbiased,
+from bench.check.ztest import FAMILY_ERROR, threshold_for, z_scores
+from tests.test_estimators import assert_unbiased
+from vae_core.estimators import REGISTRY, make_estimator
+from vae_core.exact import (
+    one_latent_vae,
     quadrature_elbo,
+    quadrature_iwae_bound,
+    quadrature_log_marginal,
     reference_gradient,
     small_batch,
     small_vae,
-    threshold_for,
-    z_scores,
 )
-from tests.test_multisample import one_latent_vae, quadrature_iwae_bound, quadrature_log_marginal
-from vae_core.estimators import REGISTRY, make_estimator
 from vae_core.gradients import gradient_draws, variance_statistics
 from vae_core.models import LinearGaussianModel
 from vae_core.quasirandom import scrambled_sobol_normal, scrambled_sobol_uniform

@@ -6,19 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.check.ztest import threshold_for, z_scores
 from tests.test_discrete import (
     TOY_TARGET,
     SquaredDistanceToy,
-    binary_batch,
-    binary_vae,
-    enumerated_elbo,
     toy_exact_gradient,
     toy_gradients_at,
     toy_quadrature,
 )
-from tests.test_estimators import reference_gradient, threshold_for, z_scores
 from vae_core.estimators import REGISTRY, EstimatorError, make_estimator
 from vae_core.estimators.reinmax import TEMPERATURE, reinmax_slope
+from vae_core.exact import binary_vae, enumerated_elbo, reference_gradient, small_batch
 
 LOGITS = torch.tensor([-3.0, -0.8, 0.0, 0.4, 2.5], dtype=torch.float64)
 
@@ -73,7 +71,7 @@ def test_backward_is_the_slope_and_forward_the_exact_sample():
 @pytest.mark.parametrize("beta", [1.0, 2.5])
 def test_elbo_is_the_exact_sample_elbo(beta):
     """elbo = log p(x|b) − β KL(q‖p) at b = 1[u < σ(α)], and the surrogate is its mean."""
-    model, x = binary_vae(), binary_batch()
+    model, x = binary_vae(), small_batch()
     estimator = make_estimator("reinmax", model, n_particles=2, beta=beta)
     u = estimator.sample_noise(len(x), torch.Generator().manual_seed(22))
     out = estimator(x, u)
@@ -117,7 +115,7 @@ def test_encoder_is_biased_decoder_is_not():
     ≈ 1.0e-5 = 1.7e-5 ‖∇_φ L‖² for ReinMax (3.5e-6 at τ = 1) against ≈ 1.0e-4 = 1.6e-4 ‖∇_φ L‖²
     for st_gumbel (τ = ½), stable over seeds 12-14; no ordering is asserted, as none is
     guaranteed for a general f."""
-    model, x = binary_vae(), binary_batch()
+    model, x = binary_vae(), small_batch()
     reference = reference_gradient(model, lambda: enumerated_elbo(model, x))
     z = z_scores(make_estimator("reinmax", model), x, reference, seed=12)
     assert z["encoder"] > threshold_for(reference), z

@@ -14,10 +14,10 @@ import math
 import pytest
 import torch
 
-from tests.test_discrete import binary_batch, binary_vae, enumerated_elbo
-from tests.test_estimators import reference_gradient, threshold_for, z_scores
+from bench.check.ztest import threshold_for, z_scores
 from vae_core.estimators import REGISTRY, make_estimator
 from vae_core.estimators.discrete import logistic_sample
+from vae_core.exact import binary_vae, enumerated_elbo, reference_gradient, small_batch
 from vae_core.gradients import gradient_draws, variance_statistics
 
 KL = ("analytic", "mc")
@@ -59,7 +59,7 @@ def train_control_variate(estimator, x, steps: int, seed: int, particles: int = 
 
 
 def relax_in_state(kl: str, state: str):
-    model, x = binary_vae(), binary_batch()
+    model, x = binary_vae(), small_batch()
     estimator = make_estimator("relax", model, kl)
     if state == "perturbed":
         perturb(estimator, seed=30)

@@ -5,19 +5,10 @@ that keeps an estimator unbiased but makes it noisier. Here each variance-reduci
 compared with the estimator B it improves on, at equal evaluations of f, on fixed float64 models
 and minibatches; only the noise is redrawn.
 
-Statistic. For R encoder-gradient draws g_r ∈ R^P the quantity compared is
-tr Σ = E‖ĝ − E ĝ‖², estimated by tr S = Σ_j Var_r g_rj (unbiased, R − 1). Coordinates share
-samples, so they are correlated; instead of a per-coordinate formula, note that
-tr S = (1/(R(R − 1))) Σ_{r<s} ‖g_r − g_s‖² is a U-statistic with kernel h = ½‖g − g'‖², whose
-first Hoeffding projection is E[h | g] = ½(‖g − μ‖² + tr Σ). Hence, with no assumption on the
-covariance or the distribution, Var(tr S) = Var‖ĝ − μ‖²/R + O(R⁻²), estimated by Var_r(a_r)/R
-with a_r = ‖g_r − ḡ‖². By the delta method, log tr S ≈ log tr Σ + mean_r(a_r/tr Σ) − 1, so
-
-    Var log(tr S_A / tr S_B) ≈ Var_r(a_r/tr S_A)/R_A + Var_r(b_r/tr S_B)/R_B   (independent draws)
-                             ≈ Var_r(a_r/tr S_A − b_r/tr S_B)/R                  (paired draws),
-
-paired meaning both estimators see the same noise in draw r (common random numbers, used whenever
-their noise shapes match; the covariance of a_r and b_r then shrinks the standard error).
+Statistic: log(tr S_A / tr S_B), tr S the trace of the sampled encoder-gradient covariance, with
+its delta-method standard error from the full vectors (no independence between coordinates
+assumed; paired when both see the same noise). Derivation and code in bench.check.variance,
+shared with `python -m bench check`.
 
 Test. tr Σ_A < tr Σ_B is declared when the upper confidence bound
 exp(log(tr S_A/tr S_B) + z·SE) is below 1, with z = Φ⁻¹(1 − α/N), α = FAMILY_ERROR = 1e-3 and N
@@ -32,29 +23,34 @@ score-function draws are heavy-tailed, ‖ĝ‖² ∝ ε⁴; the ratios tested a
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from statistics import NormalDist
 
 import pytest
 import torch
 from scipy.stats import chi2
 
+from bench.check.variance import (
+    LogVarianceRatio,
+    compare,
+    encoder_draws,
+    log_variance_ratio,
+)
+from bench.check.ztest import FAMILY_ERROR
 from tests.test_control_variates import trained_state
-from tests.test_discrete import binary_batch, binary_vae
-from tests.test_estimators import (
-    FAMILY_ERROR,
-    assert_unbiased,
+from tests.test_estimators import assert_unbiased
+from vae_core.estimators import Estimator, EstimatorOutput, make_estimator
+from vae_core.estimators.multisample import VIMCO
+from vae_core.estimators.score import ScoreLeaveOneOut, score_function_surrogate
+from vae_core.exact import (
+    binary_vae,
+    exact_posterior_model,
+    one_latent_vae,
     quadrature_elbo,
+    quadrature_iwae_bound,
     reference_gradient,
     small_batch,
     small_vae,
 )
-from tests.test_multisample import exact_posterior_model, one_latent_vae, quadrature_iwae_bound
-from vae_core.estimators import Estimator, EstimatorOutput, make_estimator
-from vae_core.estimators.multisample import VIMCO
-from vae_core.estimators.score import ScoreLeaveOneOut, score_function_surrogate
-from vae_core.gradients import gradient_draws
 from vae_core.models import LatentModel, LinearGaussianModel
 
 # The comparisons, each a one-sided test of tr Σ_A < tr Σ_B ------------------------------------
@@ -90,75 +86,11 @@ N_TESTS = (
 CRITICAL = NormalDist().inv_cdf(1 - FAMILY_ERROR / N_TESTS)  # one-sided, Bonferroni over N_TESTS
 
 
-# Statistics ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LogVarianceRatio:
-    """log(tr S_A / tr S_B) and its delta-method standard error (module docstring)."""
-
-    estimate: float
-    standard_error: float
-
-    @property
-    def ratio(self) -> float:
-        return math.exp(self.estimate)
-
-    def upper_bound(self, critical: float = CRITICAL) -> float:
-        """exp(log ratio + z·SE): a one-sided upper confidence bound on tr Σ_A / tr Σ_B."""
-        return math.exp(self.estimate + critical * self.standard_error)
-
-    def __str__(self) -> str:
-        return (
-            f"tr S ratio {self.ratio:.4g}, upper bound {self.upper_bound():.4g} "
-            f"(log ratio {self.estimate:.3f} ± {self.standard_error:.3g}, z = {CRITICAL:.2f})"
-        )
-
-
-def normalised_squared_deviations(draws: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """(tr S, a_r / tr S) for draws (R, P): tr S = Σ_j Var_r g_rj (R − 1), a_r = ‖g_r − ḡ‖²."""
-    trace = draws.var(0, unbiased=True).sum()
-    return trace.item(), (draws - draws.mean(0)).pow(2).sum(1) / trace
-
-
-def log_variance_ratio(
-    draws_a: torch.Tensor, draws_b: torch.Tensor, paired: bool
-) -> LogVarianceRatio:
-    """log(tr S_A / tr S_B) with SE² = Var_r(a_r/tr S_A − b_r/tr S_B)/R when draw r of A and of
-    B share their noise (`paired`), else Var_r(a_r/tr S_A)/R_A + Var_r(b_r/tr S_B)/R_B."""
-    trace_a, terms_a = normalised_squared_deviations(draws_a)
-    trace_b, terms_b = normalised_squared_deviations(draws_b)
-    if paired:
-        variance = (terms_a - terms_b).var() / len(terms_a)
-    else:
-        variance = terms_a.var() / len(terms_a) + terms_b.var() / len(terms_b)
-    return LogVarianceRatio(math.log(trace_a / trace_b), math.sqrt(variance.item()))
-
-
-def encoder_draws(estimator: Estimator, x: torch.Tensor, n_draws: int, seed: int) -> torch.Tensor:
-    """R = n_draws encoder-gradient draws (R, P), all in one vmap."""
-    generator = torch.Generator().manual_seed(seed)
-    return gradient_draws(estimator, x, n_draws, generator, chunk_size=None)["encoder"]
-
-
-def same_noise(a: Estimator, b: Estimator, batch_size: int) -> bool:
-    return a.noise_shape(batch_size) == b.noise_shape(batch_size)
-
-
-def compare(
-    a: Estimator, b: Estimator, x: torch.Tensor, n_draws: int, seed: int
-) -> LogVarianceRatio:
-    """log(tr S_A / tr S_B) from n_draws draws each: paired (one seed, the same noise) when the
-    noise shapes match, otherwise independent (seeds `seed`, `seed + 1`)."""
-    paired = same_noise(a, b, len(x))
-    draws_a = encoder_draws(a, x, n_draws, seed)
-    draws_b = encoder_draws(b, x, n_draws, seed if paired else seed + 1)
-    return log_variance_ratio(draws_a, draws_b, paired)
-
-
 def assert_less_variable(ratio: LogVarianceRatio, label: str) -> None:
     """The one-sided test: tr Σ_A < tr Σ_B at level FAMILY_ERROR / N_TESTS."""
-    assert ratio.upper_bound() < 1, f"{label}: not shown less variable: {ratio}"
+    assert ratio.upper_bound(CRITICAL) < 1, (
+        f"{label}: not shown less variable: {ratio.describe(CRITICAL)}"
+    )
 
 
 # Estimators built for the comparisons -----------------------------------------------------------
@@ -258,7 +190,7 @@ def test_rloo_baseline_reduces_variance_below_plain_score_function(k):
 def test_binary_estimator_is_less_variable_than_reinforce_at_equal_evaluations(name, k):
     """RLOO, ARM and DisARM with K evaluations of f against REINFORCE averaging K samples
     (independent draws for the antithetic ones, whose noise has K/2 rows)."""
-    model, x = binary_vae(), binary_batch()
+    model, x = binary_vae(), small_batch()
     estimator = make_estimator(name, model, "analytic", k)
     plain = make_estimator("reinforce", model, "analytic", k)
     assert_less_variable(compare(estimator, plain, x, n_draws=1000, seed=22), f"{name} K={k}")
@@ -268,7 +200,7 @@ def test_binary_estimator_is_less_variable_than_reinforce_at_equal_evaluations(n
 def test_disarm_variance_is_below_arm(k):
     """DisARM = E[ARM | b, b̃] (Dong et al. 2020), so for every linear functional, the encoder
     gradient J^T ĝ_α included, Var(DisARM) ≤ Var(ARM). Same u; measured ratio ≈ 0.87."""
-    model, x = binary_vae(), binary_batch()
+    model, x = binary_vae(), small_batch()
     disarm = make_estimator("disarm", model, "analytic", k)
     arm = make_estimator("arm", model, "analytic", k)
     assert_less_variable(compare(disarm, arm, x, n_draws=4000, seed=23), f"disarm vs arm K={k}")
@@ -282,7 +214,7 @@ def test_trained_control_variate_is_less_variable_than_rloo(name):
     estimator *is* RLOO). Measured over seeds 40-48 at R = 1000: ratio 0.059-0.064 (double_cv),
     0.050-0.056 (rodeo), |log ratio|/SE ≥ 96. Against disarm at K = 2, not asserted (no paper
     or derivation orders them): 0.074-0.088 and 0.066-0.074, |log ratio|/SE ≥ 35."""
-    model, x = binary_vae(), binary_batch()
+    model, x = binary_vae(), small_batch()
     estimator = make_estimator(name, model, "analytic", 2)
     estimator.load_state_dict(trained_state(name, "analytic", 2, 1.0), strict=False)
     rloo = make_estimator("reinforce_loo", model, "analytic", 2)
@@ -296,7 +228,7 @@ def test_relax_at_initialisation_is_less_variable_than_reinforce_at_equal_evalua
     (c ≈ −f, f − c ≈ 2f); this test does. Measured over seeds 40-48 at R = 1000: ratio
     0.0017-0.0019, |log ratio|/SE ≥ 146. Not asserted: against disarm at K = 2, 0.62-0.67
     (|log ratio|/SE ≥ 8.7), and against RLOO at K = 2, 0.44-0.56."""
-    model, x = binary_vae(), binary_batch()
+    model, x = binary_vae(), small_batch()
     torch.manual_seed(0)  # r_ρ is initialised from the global generator
     relax = make_estimator("relax", model, "analytic", 1)
     reinforce = make_estimator("reinforce", model, "analytic", 2)
@@ -365,7 +297,7 @@ def calibration_pair(case: str) -> tuple[Estimator, Estimator, torch.Tensor]:
     if case == "stl_vs_reparam":
         model, x = near_exact_posterior_model()
         return make_estimator("stl", model, "mc"), make_estimator("reparam", model, "mc"), x
-    model, x = binary_vae(), binary_batch()
+    model, x = binary_vae(), small_batch()
     arm, disarm = (make_estimator(name, model, "analytic", 2) for name in ("arm", "disarm"))
     return disarm, arm, x
 

@@ -84,6 +84,9 @@ class Estimator(nn.Module):
     sweeps_particles: ClassVar[bool] = False
     # The same estimator with i.i.d. noise, for one whose noise is not (RQMC): compared at equal K.
     monte_carlo_counterpart: ClassVar[str | None] = None
+    # The plain estimator whose encoder gradient variance this one claims to reduce at equal
+    # evaluations of f (`python -m bench check` tests the claim), e.g. "score" for a baseline.
+    variance_counterpart: ClassVar[str | None] = None
 
     def __init__(
         self,

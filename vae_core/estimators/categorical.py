@@ -44,6 +44,7 @@ class CategoricalReinforceLeaveOneOut(CategoricalLatentEstimator, ScoreLeaveOneO
     """∇_φ ≈ (1/K) Σ_k (f_k − mean_{j≠k} f_j) ∇_φ log q_φ(z_k|x), K ≥ 2 (Kool et al. 2019)."""
 
     summary = "score function on categorical latents, K>=2, leave-one-out baseline (RLOO)"
+    variance_counterpart = None
 
 
 # Stick-breaking DisARM ------------------------------------------------------------------------
@@ -170,6 +171,7 @@ class UnorderedSetPair(CategoricalLatentEstimator):
     """
 
     summary = "2 joint samples without replacement, built-in baseline (Kool et al. 2020, K=2)"
+    variance_counterpart = "cat_reinforce_loo"
     min_particles = 2
 
     def __init__(
@@ -337,6 +339,7 @@ class GumbelRao(CategoricalRelaxedEstimator):
     the same bias, and no more variance. 1 evaluation of f."""
 
     summary = "Gumbel-Rao: straight-through with S = 10 conditional Gumbel samples, biased"
+    variance_counterpart = "cat_st_gumbel"
     temperature = GUMBEL_TEMPERATURE
     conditional_samples = GUMBEL_RAO_SAMPLES  # S
 

@@ -81,6 +81,7 @@ class DoubleControlVariate(LearnedControlVariateEstimator):
     minimising mean ĝ², from 0, as in the authors' code (`alpha`)."""
 
     summary = "RLOO + learned global Taylor control variate, K>=2 (Titsias & Shi 2022)"
+    variance_counterpart = "reinforce_loo"
 
     def build_state(self) -> None:
         reference = next(self.model.parameters())
@@ -138,6 +139,7 @@ class Rodeo(LearnedControlVariateEstimator):
     """
 
     summary = "RLOO + learned discrete Stein operator control variates, K>=2 (Shi et al. 2022)"
+    variance_counterpart = "reinforce_loo"
 
     def build_state(self) -> None:
         reference = next(self.model.parameters())

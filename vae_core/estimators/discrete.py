@@ -80,6 +80,7 @@ class ReinforceLeaveOneOut(BinaryLatentEstimator, ScoreLeaveOneOut):
     """∇_φ ≈ (1/K) Σ_k (f_k − mean_{j≠k} f_j) ∇_φ log q_φ(b_k|x), K ≥ 2 (Kool et al. 2019)."""
 
     summary = "score function on Bernoulli latents, K>=2, leave-one-out baseline (RLOO)"
+    variance_counterpart = "reinforce"
 
 
 class AntitheticPairEstimator(BinaryLatentEstimator):
@@ -123,6 +124,7 @@ class ARM(AntitheticPairEstimator):
     i.e. (f(b̃) − f(b)) (u − ½) per pair."""
 
     summary = "augment-REINFORCE-merge, antithetic pairs, K evaluations (Yin & Zhou 2019)"
+    variance_counterpart = "reinforce"
 
     def logit_gradient(self, u, logits, b, b_anti, f, f_anti):
         return (f_anti - f).unsqueeze(-1) * (u - 0.5)
@@ -134,6 +136,7 @@ class DisARM(AntitheticPairEstimator):
     ∇_α ≈ ½ (f(b) − f(b̃)) (−1)^b̃ 1[b ≠ b̃] σ(|α|) per pair; never more variance than ARM."""
 
     summary = "ARM with the uniform integrated out given the pair (Dong et al. 2020)"
+    variance_counterpart = "reinforce"
 
     def logit_gradient(self, u, logits, b, b_anti, f, f_anti):
         sign = 1 - 2 * b_anti  # (−1)^b̃

@@ -80,6 +80,7 @@ class DReG(MultiSampleEstimator):
     """
 
     summary = "doubly reparameterised IWAE encoder gradient, weights w~^2 (Tucker et al. 2019)"
+    variance_counterpart = "iwae"
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor) -> EstimatorOutput:
         z, posterior = self.sample(x, noise)

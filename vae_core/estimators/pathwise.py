@@ -30,6 +30,7 @@ class StickingTheLanding(Estimator):
     summary = (
         "pathwise, score term of log q stopped; zero variance at exact posterior (Roeder 2017)"
     )
+    variance_counterpart = "reparam"
     kl_modes = ("mc",)
     unsupported_reason = {
         "analytic": "STL removes the score term of the Monte Carlo log q(z|x); "

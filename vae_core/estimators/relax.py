@@ -91,6 +91,7 @@ class Relax(BinaryLatentEstimator):
     summary = (
         "RELAX: REBAR term + learned net as control variate, variance-trained (Grathwohl 2018)"
     )
+    variance_counterpart = "reinforce"
     hidden = 200
     depth = 4
 

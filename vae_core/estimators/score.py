@@ -43,6 +43,7 @@ class ScoreMovingAverage(Estimator):
     learning signals (decay 0.9), fixed within a step."""
 
     summary = "score function with a moving-average baseline"
+    variance_counterpart = "score"
     decay = 0.9
 
     def build_state(self) -> None:
@@ -73,6 +74,7 @@ class ScoreNVIL(Estimator):
     """
 
     summary = "score function, input-dependent learned baseline + variance normalisation (NVIL)"
+    variance_counterpart = "score"
     decay = 0.8
     baseline_hidden = 100
 
@@ -122,6 +124,7 @@ class ScoreLeaveOneOut(Estimator):
     ∇_φ ≈ (1/K) Σ_k (f_k − (1/(K−1)) Σ_{j≠k} f_j) ∇_φ log q_φ(z_k|x)."""
 
     summary = "score function, K>=2 samples, leave-one-out baseline (RLOO)"
+    variance_counterpart = "score"
     min_particles = 2
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor) -> EstimatorOutput:
