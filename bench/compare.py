@@ -346,11 +346,12 @@ def pairs(a: pd.DataFrame, b: pd.DataFrame) -> tuple[list[tuple[tuple, tuple]], 
 
 
 def label(configuration: tuple, other_device: str | None = None) -> str:
-    """dataset/model estimator/kl/K=k[/beta=β] (device[ vs other device])."""
-    dataset, model, estimator, kl, k, beta, device = configuration
+    """dataset/model estimator/kl/K=k[/beta=β][/protocol] (device[ vs other device])."""
+    dataset, model, estimator, kl, k, beta, protocol, device = configuration
     beta_text = f"/beta={beta:g}" if beta != 1 else ""
+    protocol_text = f"/{protocol}" if protocol else ""
     devices = device if other_device in (None, device) else f"{device} vs {other_device}"
-    return f"{dataset}/{model} {estimator}/{kl}/K={k}{beta_text} ({devices})"
+    return f"{dataset}/{model} {estimator}/{kl}/K={k}{beta_text}{protocol_text} ({devices})"
 
 
 def compare_sets(dir_a: Path, dir_b: Path, metrics: list[str] | None = None) -> Comparison:

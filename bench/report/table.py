@@ -280,7 +280,8 @@ def time_to_target(section: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
         for config, curve in curves.groupby(level=CONFIG, sort=True):
             seconds = seconds_to_target(curve["train_seconds"], curve["elbo_test"], target)
             if np.isfinite(seconds):
-                reached.setdefault(tuple(config[:-1]), []).append(seconds)  # ROW + device
+                named = dict(zip(CONFIG, config, strict=True))
+                reached.setdefault(tuple(named[c] for c in [*ROW, "device"]), []).append(seconds)
     hits = [reached.get(key, []) for key in _keys(section)]
     return pd.DataFrame(
         {

@@ -19,13 +19,14 @@ def write_report(out_dir: Path) -> list[Path]:
 
     out_dir = Path(out_dir)
     results = Results.load(out_dir)
-    look = Look(results.runs)
+    series = results.protocols_as_series()
+    look = Look(series.runs)
     plots = out_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     drawn: dict[str, Path | None] = {}
     with rc_context(theme()):
         for plot in PLOTS:
-            drawn[plot.name] = plot.draw(results, look, plots / f"{plot.name}.png")
+            drawn[plot.name] = plot.draw(series, look, plots / f"{plot.name}.png")
     for name, written in drawn.items():
         stale = plots / f"{name}.png"
         if written is None and stale.exists():
@@ -33,7 +34,9 @@ def write_report(out_dir: Path) -> list[Path]:
 
     table = summary_table(results)
     table_csv = out_dir / "summary.csv"
-    table.to_csv(table_csv, index=False)
+    # The protocol column only where a run has one: results of the default protocol read as before.
+    protocol = ["protocol"] if table["protocol"].eq("").all() else []
+    table.drop(columns=protocol).to_csv(table_csv, index=False)
     counts = results.status["status"].value_counts()
     running, diverged = counts.get("running", 0), counts.get("diverged", 0)
     reported = len(results.status) - running
