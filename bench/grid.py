@@ -23,17 +23,17 @@ from vae_core.estimators import KL_MODES, REGISTRY, EstimatorError, check_option
 from vae_core.estimators.base import resolve_options
 
 # RunConfig's measurement settings, settable in a TOML suite's [measurement] table, with their
-# smallest valid values (a variance needs 2 draws, log spacing 2 checkpoints).
+# smallest valid values (the SNR floor's sd needs 4 draws, log spacing 2 checkpoints).
 MEASUREMENT_MINIMUM = {
     "n_checkpoints": 2,
     "elbo_checkpoints": 1,
-    "grad_draws": 2,
+    "grad_draws": 4,
     "grad_batch": 1,
     "eval_examples": 1,
     "nll_samples": 1,
     "nll_examples": 1,
     "timed_steps": 1,
-    "bias_draws": 2,
+    "bias_draws": 4,
     "shared_adapt_steps": 1,
 }
 SUITE_KEYS = (

@@ -360,13 +360,6 @@ def make_suites() -> dict[str, Suite]:
     }
 
 
-def with_seeds(suite: Suite, seeds: int) -> Suite:
-    """The same grid with seeds 0..seeds−1 of each configuration (--seeds)."""
-    configurations = list(dict.fromkeys(dataclasses.replace(run, seed=0) for run in suite.runs))
-    runs = tuple(dataclasses.replace(c, seed=s) for c in configurations for s in range(seeds))
-    return dataclasses.replace(suite, runs=runs)
-
-
 def get_suite(name: str) -> Suite:
     suites = make_suites()
     if name not in suites:
