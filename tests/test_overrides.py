@@ -223,6 +223,10 @@ def test_two_protocols_in_one_runs_csv_stay_apart_and_old_files_resume(tmp_path,
     finished = {r[:KEY] for r in rows if r[METRIC] == "run_complete"}
     assert len(finished) == 2 and rows[: len(first)] == first
     assert {int(r[COLUMNS.index("step")]) for r in rows} >= {4, 6}
+    assert main(["report", "--out", str(out)]) == 0  # the protocol shown where it varies
+    summary = (out / "summary.md").read_text()
+    assert "| protocol |" in summary and "steps=6;n_checkpoints=2" in summary
+    assert "steps=4;n_checkpoints=2" in summary
 
     # The old format: the same rows without the protocol column (as if the default protocol).
     legacy = tmp_path / "legacy"

@@ -36,7 +36,8 @@ def summary_markdown(table: pd.DataFrame, envs: dict[str, dict[str, object]]) ->
 def _section(table: pd.DataFrame, envs: dict[str, dict[str, object]]) -> list[str]:
     """Markdown lines for one (dataset, model): the best row, the headline table and its notes,
     the two details tables and their notes, the environment."""
-    vary = Vary(*(table[c].nunique() > 1 for c in ("k", "beta", "protocol")))
+    protocols = table["protocol"] if "protocol" in table else pd.Series([""])
+    vary = Vary(table["k"].nunique() > 1, table["beta"].nunique() > 1, protocols.nunique() > 1)
     devices = [c.removeprefix("throughput_") for c in table.columns if c.startswith("throughput_")]
     by_nll = table["ranked_by"].iloc[0] == "nll_test"
     lines = []

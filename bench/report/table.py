@@ -137,7 +137,9 @@ def summary_table(results: Results) -> pd.DataFrame:
     )
     table = table.drop(columns=["_healthy", "_by_nll", "_rank"]).reset_index(drop=True)
     table = add_comparisons(table, results.primary, finals)
-    return table.join(shared_columns(table, results))
+    table = table.join(shared_columns(table, results))
+    # The protocol column only where a run has one: default-protocol results read as before.
+    return table.drop(columns=["protocol"] if table["protocol"].eq("").all() else [])
 
 
 def _finals_of(finals: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:

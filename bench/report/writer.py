@@ -34,9 +34,7 @@ def write_report(out_dir: Path) -> list[Path]:
 
     table = summary_table(results)
     table_csv = out_dir / "summary.csv"
-    # The protocol column only where a run has one: results of the default protocol read as before.
-    protocol = ["protocol"] if table["protocol"].eq("").all() else []
-    table.drop(columns=protocol).to_csv(table_csv, index=False)
+    table.to_csv(table_csv, index=False)
     counts = results.status["status"].value_counts()
     running, diverged = counts.get("running", 0), counts.get("diverged", 0)
     reported = len(results.status) - running
