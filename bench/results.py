@@ -3,8 +3,11 @@ appended one whole configuration at a time, and resuming from it), estimators.cs
 placements.csv. The harness writes them; the report reads them as typed frames (`load_runs`,
 `load_facts`) without importing torch or the estimator code.
 
-One row per measurement: `dataset, model, estimator, kl, k, beta, device, seed, step, metric,
-value` (`beta` is the KL weight of a β-VAE run).
+One row per measurement: `dataset, model, estimator, kl, k, beta, device, seed, protocol, step,
+metric, value` (`beta` is the KL weight of a β-VAE run; `protocol` every other setting that
+changes the run's numbers and differs from the default, '' for the default protocol:
+`RunConfig.protocol`). Files written before the protocol column (LEGACY_COLUMNS) are read with
+protocol '', and a resume rewrites them with it.
 The driver is the only writer: each append is one write of a configuration's rows, flushed and
 fsynced, its completion marker last. A configuration is trained when it has a `run_complete` row,
 costed when it has a `cost_complete` row (the exclusive cost pass, bench.cost) and measured at
@@ -36,6 +39,7 @@ several lines per phase; the last counts.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
 import os
@@ -60,11 +64,14 @@ COLUMNS = (
     "beta",
     "device",
     "seed",
+    "protocol",
     "step",
     "metric",
     "value",
 )
-KEY_COLUMNS = COLUMNS[:8]
+KEY_COLUMNS = COLUMNS[:9]
+PROTOCOL = COLUMNS.index("protocol")
+LEGACY_COLUMNS = tuple(c for c in COLUMNS if c != "protocol")  # runs.csv before `protocol`
 KEY = len(KEY_COLUMNS)
 STEP, METRIC, VALUE = (COLUMNS.index(c) for c in ("step", "metric", "value"))
 INTEGER_COLUMNS = ("k", "seed", "step")
@@ -109,8 +116,8 @@ Measurements = list[tuple[int, dict[str, float]]]  # (step, {metric: value}) in 
 
 def row_key(config: RunConfig, device: str) -> RowKey:
     """The configuration's identity as it appears (as strings) in the key columns."""
-    d, m, e, kl, k, beta, seed = config.key
-    return (d, m, e, kl, str(k), f"{beta:g}", device, str(seed))
+    d, m, e, kl, k, beta, seed, protocol = config.key
+    return (d, m, e, kl, str(k), f"{beta:g}", device, str(seed), protocol)
 
 
 class ResultsExistError(FileExistsError):
@@ -213,9 +220,24 @@ class RunsFile:
         runs = cls(path)
         if fresh or not runs.placements.exists():
             runs.placements.write_text(",".join(PLACEMENT_COLUMNS) + "\n")
+        else:
+            runs.add_protocol_to_placements()
         if fresh:
             path.with_name("estimators.csv").unlink(missing_ok=True)
         return runs
+
+    def add_protocol_to_placements(self) -> None:
+        """Rewrite a placements.csv written before the protocol column with protocol ''."""
+        with self.placements.open(newline="") as handle:
+            lines = list(csv.reader(handle))
+        if not lines or tuple(lines[0]) == PLACEMENT_COLUMNS:
+            return
+        tmp = self.placements.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(PLACEMENT_COLUMNS)
+            writer.writerows(with_protocol(line) for line in lines[1:] if line)
+        os.replace(tmp, self.placements)
 
     def record_facts(self, facts: Iterable[dict[str, object]]) -> None:
         """Add rows of FACT_COLUMNS to estimators.csv (replacing those of the same estimator and
@@ -244,7 +266,10 @@ class RunsFile:
         folder = self.path.with_name("states")
         if kind == "auxiliary":
             folder = folder / "auxiliary"
-        return folder / ("_".join(row_key(config, device)) + ".pt")
+        *key, protocol = row_key(config, device)
+        # The default protocol keeps the names written before the protocol existed.
+        digest = "_" + hashlib.sha1(protocol.encode()).hexdigest()[:12] if protocol else ""
+        return folder / ("_".join(key) + digest + ".pt")
 
     def save_states(
         self, config: RunConfig, device: str, states: dict[int, dict], kind: StateKind = "model"
@@ -309,9 +334,16 @@ def read_rows(path: Path) -> list[tuple[str, ...]]:
         header = next(reader, None)
         if header is None:
             return []
+        if tuple(header) == LEGACY_COLUMNS:
+            return [with_protocol(row) for row in reader if len(row) == len(LEGACY_COLUMNS)]
         if tuple(header) != COLUMNS:
             raise ValueError(f"{path} has columns {header}; expected {list(COLUMNS)}")
         return [tuple(row) for row in reader if len(row) == len(COLUMNS)]
+
+
+def with_protocol(row: Sequence[str]) -> tuple[str, ...]:
+    """A row of a file written before the protocol column, with protocol '' in its place."""
+    return (*row[:PROTOCOL], "", *row[PROTOCOL:])
 
 
 def keys_with(rows: Iterable[tuple[str, ...]], metric: str) -> frozenset[RowKey]:
@@ -359,8 +391,11 @@ def load_runs(out_dir: Path) -> pd.DataFrame:
         except pd.errors.ParserError as error:
             first_line = str(error).strip().splitlines()[0]
             raise ValueError(f"{one} is not a readable CSV: {first_line}") from error
+        if tuple(frame.columns) == LEGACY_COLUMNS:
+            frame.insert(PROTOCOL, "protocol", "")
         if tuple(frame.columns) != COLUMNS:
             raise ValueError(f"{one} has columns {list(frame.columns)}; expected {list(COLUMNS)}")
+        frame["protocol"] = frame["protocol"].fillna("")  # '' is read as absent
         frames.append(check_values(frame, one))
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
     keys = [*KEY_COLUMNS, "step", "metric"]

@@ -71,7 +71,9 @@ def build_estimator(config: RunConfig, input_dim: int, device: torch.device) -> 
     so CPU and GPU runs start from the same parameters)."""
     torch.manual_seed(config.seed)
     model = build_model(dataclasses.replace(MODELS[config.model], input_dim=input_dim))
-    estimator = make_estimator(config.estimator, model, config.kl, config.k, config.beta)
+    estimator = make_estimator(
+        config.estimator, model, config.kl, config.k, config.beta, dict(config.options)
+    )
     return estimator.to(device)
 
 

@@ -87,7 +87,9 @@ def trajectory_candidates(config: RunConfig) -> list[RunConfig]:
     preference: the seed-0 variance reference at its smallest K with the same KL mode and β,
     then analytic KL, then β = 1."""
     reference = REGISTRY[REGISTRY[config.estimator].variance_reference()]
-    base = dataclasses.replace(config, estimator=reference.name, k=reference.min_particles, seed=0)
+    base = dataclasses.replace(
+        config, estimator=reference.name, k=reference.min_particles, seed=0, options=()
+    )
     options = [
         dataclasses.replace(base, kl=kl, beta=beta)
         for beta in dict.fromkeys([config.beta, 1.0])
@@ -100,7 +102,9 @@ def learns_auxiliary_state(config: RunConfig) -> bool:
     """Whether `config`'s estimator has auxiliary state (`has_auxiliary_state` of one built on
     its model's default input size: the state's presence does not depend on it)."""
     model = build_model(MODELS[config.model])
-    estimator = make_estimator(config.estimator, model, config.kl, config.k, config.beta)
+    estimator = make_estimator(
+        config.estimator, model, config.kl, config.k, config.beta, dict(config.options)
+    )
     return has_auxiliary_state(estimator)
 
 

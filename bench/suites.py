@@ -75,15 +75,44 @@ class RunConfig:
     # Steps adapting an estimator's auxiliary state (baselines, control variates) at the frozen
     # parameters of the reference trajectory before the shared-parameter draws (bench.shared).
     shared_adapt_steps: int = 100
+    # The estimator's options that differ from its defaults, (name, value) sorted by name.
+    options: tuple[tuple[str, float], ...] = ()
 
     @property
-    def key(self) -> tuple[str, str, str, str, int, float, int]:
+    def key(self) -> tuple[str, str, str, str, int, float, int, str]:
         """Identifies the configuration in runs.csv (with the device)."""
-        return (self.dataset, self.model, self.estimator, self.kl, self.k, self.beta, self.seed)
+        return (
+            self.dataset,
+            self.model,
+            self.estimator,
+            self.kl,
+            self.k,
+            self.beta,
+            self.seed,
+            self.protocol,
+        )
+
+    @property
+    def protocol(self) -> str:
+        """Every other setting that changes the run's numbers, where it differs from RunConfig's
+        default, as `name=value` joined by `;` in field order (the optimiser's as
+        `optimizer.name=value`), then the estimator's options: '' for the default protocol, e.g.
+        `steps=500;learning_rate=0.0003;tau=1`."""
+        parts = [
+            f"{name}={setting_text(value)}"
+            for name, value in changed_settings(self, RunConfig(), GRID_FIELDS)
+            if name != "optimizer"
+        ]
+        if self.optimizer != OptimizerConfig():
+            changed = changed_settings(self.optimizer, OptimizerConfig(), ())
+            parts += [f"optimizer.{name}={setting_text(value)}" for name, value in changed]
+        parts += [f"{name}={setting_text(value)}" for name, value in self.options]
+        return ";".join(parts)
 
     def label(self) -> str:
         beta = f"/beta={self.beta:g}" if self.beta != 1 else ""
-        return f"{self.estimator}/{self.kl}/K={self.k}{beta}/seed={self.seed}"
+        protocol = f"/{self.protocol}" if self.protocol else ""
+        return f"{self.estimator}/{self.kl}/K={self.k}{beta}/seed={self.seed}{protocol}"
 
     def checkpoints(self) -> list[int]:
         """0 and `n_checkpoints` log-spaced steps ending at `steps`."""
@@ -109,6 +138,33 @@ class RunConfig:
             round(self.steps * i / self.elbo_checkpoints) for i in range(1, self.elbo_checkpoints)
         }
         return sorted(evenly - {0, *self.checkpoints()})
+
+
+# The grid's axes: named by runs.csv's other key columns, not by the protocol.
+GRID_FIELDS = ("dataset", "model", "estimator", "kl", "k", "beta", "seed", "options")
+
+
+def changed_settings(
+    config: object, default: object, skip: tuple[str, ...]
+) -> list[tuple[str, object]]:
+    """(field, value) of the dataclass `config`'s fields, other than `skip`, whose value differs
+    from `default`'s, in field order."""
+    return [
+        (field.name, getattr(config, field.name))
+        for field in dataclasses.fields(config)
+        if field.name not in skip and getattr(config, field.name) != getattr(default, field.name)
+    ]
+
+
+def setting_text(value: object) -> str:
+    """A setting as the protocol writes it: a number in the shortest form that reads back the
+    same (1, 0.0003, 1e-05), a tuple as (a,b), None as none."""
+    if isinstance(value, float):
+        text = repr(value)
+        return text[:-2] if text.endswith(".0") else text
+    if isinstance(value, tuple):
+        return "(" + ",".join(setting_text(v) for v in value) + ")"
+    return "none" if value is None else str(value)
 
 
 def is_reference_trajectory(config: RunConfig) -> bool:
@@ -302,13 +358,6 @@ def make_suites() -> dict[str, Suite]:
             expected_cpu_minutes=22.0,
         ),
     }
-
-
-def with_seeds(suite: Suite, seeds: int) -> Suite:
-    """The same grid with seeds 0..seeds−1 of each configuration (--seeds)."""
-    configurations = list(dict.fromkeys(dataclasses.replace(run, seed=0) for run in suite.runs))
-    runs = tuple(dataclasses.replace(c, seed=s) for c in configurations for s in range(seeds))
-    return dataclasses.replace(suite, runs=runs)
 
 
 def get_suite(name: str) -> Suite:

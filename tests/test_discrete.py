@@ -103,7 +103,7 @@ def test_gumbel_decoder_bias_shrinks_with_the_temperature():
     squared_bias = {}
     for temperature in (0.5, 0.1):
         estimator = make_estimator("gumbel", model)
-        estimator.temperature = temperature
+        estimator.tau = temperature
         generator = torch.Generator().manual_seed(17)
         draws = gradient_draws(estimator, x, N_DRAWS, generator, chunk_size=None)["decoder"]
         squared_error = (draws.mean(0) - reference).pow(2).sum()

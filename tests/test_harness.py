@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from bench.__main__ import main
+from bench.grid import Overrides, apply_overrides, parse_seeds
 from bench.optimisers import make_optimizer, optimizer_kind
 from bench.results import COLUMNS, FACT_COLUMNS, KEY, METRIC, STEP, VALUE, read_rows
 from bench.runner import (
@@ -23,7 +24,7 @@ from bench.runner import (
     run_configuration,
     train_step,
 )
-from bench.suites import RunConfig, get_suite, with_seeds
+from bench.suites import RunConfig, get_suite
 from tests.conftest import RUN, TIMING_METRICS
 from vae_core.data import load_dataset
 from vae_core.estimators import REGISTRY, EstimatorOutput
@@ -337,7 +338,7 @@ def test_unknown_optimizer_is_refused():
     [
         (["--suite", "huge"], "unknown suite 'huge'; valid: quick, default, full"),
         (["--device", "tpu"], "unknown device 'tpu'; valid: auto, cpu, cuda"),
-        (["--estimators", "reparam,nope"], "unknown estimator(s) ['nope']"),
+        (["--estimators", "reparam,nope"], "unknown estimator 'nope'"),
         *(
             (["--workers", bad], f"--workers {bad!r} is invalid; valid: a positive integer or auto")
             for bad in ("0", "-2", "1.5", "all")
@@ -350,8 +351,8 @@ def test_unknown_optimizer_is_refused():
             for bad in ("0", "-1", "auto")
         ),
         *(
-            (["--seeds", bad], f"--seeds {bad!r} is invalid; valid: a positive integer")
-            for bad in ("0", "two")
+            (["--seeds", bad], f"--seeds {bad!r} is invalid; valid: A-B (e.g. 0-4)")
+            for bad in ("0", "two", "3-1", "1,1")
         ),
     ],
 )
@@ -419,9 +420,9 @@ def test_bias_reference_estimates_the_same_gradient(name, k, reference, referenc
 def test_seeds_sets_every_configurations_seeds():
     """--seeds N: seeds 0..N−1 of each configuration of the suite, nothing else changed."""
     suite = get_suite("discrete")
-    more = with_seeds(suite, 7)
+    more = apply_overrides(suite, Overrides(seeds=parse_seeds("7")), print)
     configurations = {dataclasses.replace(run, seed=0) for run in suite.runs}
     assert {dataclasses.replace(run, seed=0) for run in more.runs} == configurations
     assert len(more.runs) == 7 * len(configurations)
     assert {run.seed for run in more.runs} == set(range(7))
-    assert len(with_seeds(suite, 1).runs) == len(configurations)
+    assert len(apply_overrides(suite, Overrides(seeds=(0,)), print).runs) == len(configurations)

@@ -96,7 +96,7 @@ def test_exact_for_quadratic_f_at_unit_temperature():
     means = {}
     for temperature in (1.0, TEMPERATURE):
         estimator = make_estimator("reinmax", SquaredDistanceToy(), beta=0.0)
-        estimator.temperature = temperature
+        estimator.tau = temperature
         nodes, weights = toy_quadrature(estimator.noise_shape(1), 1)
         means[temperature] = weights @ toy_gradients_at(estimator, x, nodes)
         expected = 2 * (1 - TOY_TARGET) * p * reinmax_slope(alpha, ones, temperature) - (

@@ -25,7 +25,7 @@ from bench.report.plots import PLOTS
 from bench.report.style import Look, palette, section_palette
 from bench.report.table import summary_table
 from bench.report.training_plots import _seed_curves, _variance_curves
-from bench.results import COLUMNS, RunsFile, load_facts, load_runs
+from bench.results import LEGACY_COLUMNS, RunsFile, load_facts, load_runs
 from bench.runner import estimator_facts
 from bench.suites import RunConfig
 from bench.toy import write_figure_data
@@ -54,7 +54,7 @@ ENCODER_BIAS = {"gumbel": (4.0e3, 200.0), "st_gumbel": (-5.0, 10.0)}  # (bias²,
 DIVERGED = ("score", "mc", 1, 100)  # estimator, kl, seed, step
 BASE_ESTIMATORS = ("reparam", "stl", "score")
 GRAD_VARIANCES = ("grad_var_encoder", "grad_var_decoder")
-RUN_COLUMNS = COLUMNS
+RUN_COLUMNS = LEGACY_COLUMNS  # the synthetic runs.csv is in the format before `protocol`
 PLOT_NAMES = [plot.name for plot in PLOTS]
 # `python -m bench report --out DIR` in a process where importing torch or vae_core fails.
 HIDDEN_REPORT = """

@@ -2,11 +2,11 @@
 facts (estimators.csv), env.json, the toy figure's data (toy.csv), each configuration's status
 and final metrics, and which runs stand for each table row.
 
-A configuration is (dataset, model, estimator, kl, k, beta, device, seed). It is *finished* with
-a `run_complete` row, *diverged* with a `diverged` row (its later metrics are absent), and
-*running* otherwise. "Final" means the last step at which a finished configuration has the
-metric. A table row pools the seeds of (dataset, model, estimator, kl, k, beta) on its primary
-device (cpu when it ran there).
+A configuration is (dataset, model, estimator, kl, k, beta, device, seed, protocol). It is
+*finished* with a `run_complete` row, *diverged* with a `diverged` row (its later metrics are
+absent), and *running* otherwise. "Final" means the last step at which a finished configuration
+has the metric. A table row pools the seeds of (dataset, model, estimator, kl, k, beta,
+protocol) on its primary device (cpu when it ran there).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import pandas as pd
 from bench.results import COMPLETE, DIVERGED, KEY_COLUMNS, load_facts, load_runs
 
 CONFIG: list[str] = list(KEY_COLUMNS)
-ROW: list[str] = ["dataset", "model", "estimator", "kl", "k", "beta"]  # a table row: seeds pooled
+# A table row: seeds pooled.
+ROW: list[str] = ["dataset", "model", "estimator", "kl", "k", "beta", "protocol"]
 GROUP: list[str] = ["dataset", "model"]  # one table / one facet row per (dataset, model)
 
 
@@ -60,6 +61,24 @@ class Results:
         primary = primary_runs(runs, status)
         primary_finals = finals[finals.index.isin(primary.set_index(CONFIG).index)]
         return cls(runs, facts, envs or {}, toy, status, finals, primary, primary_finals)
+
+    def protocols_as_series(self) -> Results:
+        """For the plots, which draw a series per (estimator, K, β): in each (dataset, model)
+        section where the protocol varies, the estimator renamed `estimator [protocol]`
+        ('default' for ''), with its facts, so that each protocol is a series of its own and its
+        label says which; the results themselves where no section varies."""
+        varies = self.runs.groupby(GROUP)["protocol"].transform("nunique") > 1
+        if not varies.any():
+            return self
+        runs = self.runs.copy()
+        renamed = runs.loc[varies, "estimator"] + " [" + runs.loc[varies, "protocol"] + "]"
+        runs.loc[varies, "estimator"] = renamed.str.replace(" []", " [default]", regex=False)
+        names = runs.loc[varies, ["estimator", "k"]].drop_duplicates()
+        original = self.runs.loc[names.index, "estimator"]
+        added = self.facts.loc[list(zip(original, names["k"], strict=True))]
+        added.index = pd.MultiIndex.from_frame(names, names=self.facts.index.names)
+        facts = pd.concat([self.facts, added]).sort_index()
+        return Results.of(runs, facts, self.envs, self.toy)
 
     def fact(self, estimator: str, k: int, name: str) -> object:
         """One fact (a column of estimators.csv) of `estimator` at K = k; ValueError naming the

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -35,7 +36,8 @@ def summary_markdown(table: pd.DataFrame, envs: dict[str, dict[str, object]]) ->
 def _section(table: pd.DataFrame, envs: dict[str, dict[str, object]]) -> list[str]:
     """Markdown lines for one (dataset, model): the best row, the headline table and its notes,
     the two details tables and their notes, the environment."""
-    vary = (table["k"].nunique() > 1, table["beta"].nunique() > 1)
+    protocols = table["protocol"] if "protocol" in table else pd.Series([""])
+    vary = Vary(table["k"].nunique() > 1, table["beta"].nunique() > 1, protocols.nunique() > 1)
     devices = [c.removeprefix("throughput_") for c in table.columns if c.startswith("throughput_")]
     by_nll = table["ranked_by"].iloc[0] == "nll_test"
     lines = []
@@ -43,20 +45,21 @@ def _section(table: pd.DataFrame, envs: dict[str, dict[str, object]]) -> list[st
     metric = "nll_test_mean" if by_nll else "elbo_test_mean"
     if best["finished"] > 0 and np.isfinite(best[metric]):
         where = [f"KL {best['kl']}"]
-        where += [f"K={best['k']}"] if vary[0] else []
-        where += [f"β={format_beta(best['beta'])}"] if vary[1] else []
+        where += [f"K={best['k']}"] if vary.k else []
+        where += [f"β={format_beta(best['beta'])}"] if vary.beta else []
+        where += [f"protocol {best['protocol'] or 'default'}"] if vary.protocol else []
         lines.append(
             f"Best final test {'NLL' if by_nll else 'ELBO'}: **{best['estimator']}** "
             f"({', '.join(where)}), {best[metric]:.1f} nats.\n"
         )
     lines += [_markdown(*_headline_table(table, vary, by_nll)), ""]
-    lines += [_headline_notes(table, by_nll, vary[1]), ""]
+    lines += [_headline_notes(table, by_nll, vary.beta), ""]
     lines += ["Against the best, and per second:", ""]
     lines += [_markdown(*_comparison_table(table, vary, devices)), ""]
     lines += [_comparison_notes(table, by_nll), ""]
     lines += ["Bound and gradients:", ""]
     lines += [_markdown(*_gradient_table(table, vary)), ""]
-    lines += [_gradient_notes(table, vary[1]), ""]
+    lines += [_gradient_notes(table, vary.beta), ""]
     if np.isfinite(table["shared_var_encoder_rel_last"]).any():
         lines += ["At shared parameters:", ""]
         lines += [_markdown(*_shared_table(table, vary)), ""]
@@ -72,23 +75,39 @@ def estimator_cell(r) -> str:
     return f"{r.estimator} (biased)" if r.biased else r.estimator
 
 
-def _key_cells(r, vary: tuple[bool, bool], bold: bool) -> list[str]:
-    """estimator (in bold for the section's first row), KL, and K and β where they vary."""
+class Vary(NamedTuple):
+    """Which key columns vary within a section, hence get a column of their own."""
+
+    k: bool
+    beta: bool
+    protocol: bool
+
+    def keys(self) -> list[str]:
+        """The key columns' headers."""
+        optional = [("K", self.k), ("β", self.beta), ("protocol", self.protocol)]
+        return ["estimator", "KL"] + [name for name, varies in optional if varies]
+
+
+def _key_cells(r, vary: Vary, bold: bool) -> list[str]:
+    """estimator (in bold for the section's first row), KL, and K, β and the protocol
+    (bench.suites.RunConfig.protocol, 'default' when empty) where they vary."""
     name = estimator_cell(r)
     cells = [name.replace(r.estimator, f"**{r.estimator}**", 1) if bold else name, r.kl]
-    return cells + ([str(r.k)] if vary[0] else []) + ([format_beta(r.beta)] if vary[1] else [])
+    cells += [str(r.k)] if vary.k else []
+    cells += [format_beta(r.beta)] if vary.beta else []
+    return cells + ([r.protocol or "default"] if vary.protocol else [])
 
 
 def _table(
     table: pd.DataFrame,
-    vary: tuple[bool, bool],
+    vary: Vary,
     header: list[str],
     cells: Callable[[object], list[str]],
     bold: bool,
 ) -> Table:
     """(header, rows, right-alignment) of a section table: the key cells, then `cells(r)` for a
     row with finished seeds, or the divergence and dashes for a row without."""
-    keys = ["estimator", "KL"] + (["K"] if vary[0] else []) + (["β"] if vary[1] else [])
+    keys = vary.keys()
     rows = []
     for i, r in enumerate(table.itertuples()):
         row = _key_cells(r, vary, bold and i == 0)
@@ -100,7 +119,7 @@ def _table(
     return keys + header, rows, [False, False] + [True] * (len(keys) + len(header) - 2)
 
 
-def _headline_table(table: pd.DataFrame, vary: tuple[bool, bool], by_nll: bool) -> Table:
+def _headline_table(table: pd.DataFrame, vary: Vary, by_nll: bool) -> Table:
     """Quality with 95% intervals (the ranked one marked against the best), the encoder variance
     relative to the section's reference with its interval, and cost: seconds per gradient and
     evaluations of f."""
@@ -159,7 +178,7 @@ def _tie_mark(r, first: bool) -> str:
     return f" · {verdict}" if verdict in ("≈best", "too few seeds") else ""
 
 
-def _comparison_table(table: pd.DataFrame, vary: tuple[bool, bool], devices: list[str]) -> Table:
+def _comparison_table(table: pd.DataFrame, vary: Vary, devices: list[str]) -> Table:
     """The paired test against the best, the encoder SNR against its floor, variance × time,
     seconds to the section's target ELBO, and throughput per device."""
     target = table["target_elbo"].iloc[0]
@@ -184,7 +203,7 @@ def _comparison_table(table: pd.DataFrame, vary: tuple[bool, bool], devices: lis
     return _table(table, vary, header, cells, bold=False)
 
 
-def _gradient_table(table: pd.DataFrame, vary: tuple[bool, bool]) -> Table:
+def _gradient_table(table: pd.DataFrame, vary: Vary) -> Table:
     """Rate and distortion, gradient variances with their 95% intervals, bias² and MSE
     (sections with a biased estimator)."""
     bias = has_bias(table)
@@ -217,7 +236,7 @@ def _gradient_table(table: pd.DataFrame, vary: tuple[bool, bool]) -> Table:
     return _table(table, vary, header, cells, bold=False)
 
 
-def _shared_table(table: pd.DataFrame, vary: tuple[bool, bool]) -> Table:
+def _shared_table(table: pd.DataFrame, vary: Vary) -> Table:
     """Encoder variance ÷ the reference's at the reference trajectory's parameters, at its
     first, a middle and its last shared step, with 95% intervals; bias² ÷ the reference's
     variance at the last step in sections with a biased estimator. Every row has a value where
@@ -227,7 +246,7 @@ def _shared_table(table: pd.DataFrame, vary: tuple[bool, bool]) -> Table:
     steps = [int(table[f"shared_step_{p}"].dropna().iloc[0]) for p in POSITIONS]
     header = [f"enc. var ÷ {name}, step {step}" for step in steps]
     header += [f"enc. bias² ÷ {name} var, step {steps[-1]}"] if bias else []
-    keys = ["estimator", "KL"] + (["K"] if vary[0] else []) + (["β"] if vary[1] else [])
+    keys = vary.keys()
     rows = []
     for r in table.itertuples():
         row = _key_cells(r, vary, bold=False)

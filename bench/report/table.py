@@ -137,7 +137,9 @@ def summary_table(results: Results) -> pd.DataFrame:
     )
     table = table.drop(columns=["_healthy", "_by_nll", "_rank"]).reset_index(drop=True)
     table = add_comparisons(table, results.primary, finals)
-    return table.join(shared_columns(table, results))
+    table = table.join(shared_columns(table, results))
+    # The protocol column only where a run has one: default-protocol results read as before.
+    return table.drop(columns=["protocol"] if table["protocol"].eq("").all() else [])
 
 
 def _finals_of(finals: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
@@ -280,7 +282,8 @@ def time_to_target(section: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
         for config, curve in curves.groupby(level=CONFIG, sort=True):
             seconds = seconds_to_target(curve["train_seconds"], curve["elbo_test"], target)
             if np.isfinite(seconds):
-                reached.setdefault(tuple(config[:-1]), []).append(seconds)  # ROW + device
+                named = dict(zip(CONFIG, config, strict=True))
+                reached.setdefault(tuple(named[c] for c in [*ROW, "device"]), []).append(seconds)
     hits = [reached.get(key, []) for key in _keys(section)]
     return pd.DataFrame(
         {

@@ -129,7 +129,7 @@ def plot_elbo(runs: pd.DataFrame, finals: pd.DataFrame, look: Look, path: Path) 
             & (final_means.index.get_level_values("model") == model)
         ]
         floor = _elbo_floor(group_finals.to_numpy())
-        for (_, _, estimator, _, k, beta), value in group_finals[group_finals < floor].items():
+        for (_, _, estimator, _, k, beta, _), value in group_finals[group_finals < floor].items():
             label = look.label(estimator, k, beta)
             below[label] = max(value, below.get(label, -math.inf))
         top, lowest = float(in_group["mean"].max()), float(in_group["mean"].min())

@@ -19,13 +19,14 @@ def write_report(out_dir: Path) -> list[Path]:
 
     out_dir = Path(out_dir)
     results = Results.load(out_dir)
-    look = Look(results.runs)
+    series = results.protocols_as_series()
+    look = Look(series.runs)
     plots = out_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     drawn: dict[str, Path | None] = {}
     with rc_context(theme()):
         for plot in PLOTS:
-            drawn[plot.name] = plot.draw(results, look, plots / f"{plot.name}.png")
+            drawn[plot.name] = plot.draw(series, look, plots / f"{plot.name}.png")
     for name, written in drawn.items():
         stale = plots / f"{name}.png"
         if written is None and stale.exists():

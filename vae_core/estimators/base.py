@@ -24,6 +24,10 @@ refuses to pair an estimator with a model of another latent type.
 
 Every estimator takes a KL weight β (β-VAE; Higgins et al. 2017), default 1: the objective becomes
 E_q[log p(x|z)] − β KL, i.e. log p(z) − log q(z|x) is weighted by β inside every log weight.
+
+An estimator may declare options (`options`: name → default, each a positive number, e.g. the
+relaxation temperature `tau`); `make_estimator(..., options={"tau": 1.0})` checks and sets them,
+and the estimator reads each as an attribute of its name (`self.tau`).
 """
 
 from __future__ import annotations
@@ -87,6 +91,8 @@ class Estimator(nn.Module):
     # The plain estimator whose encoder gradient variance this one claims to reduce at equal
     # evaluations of f (`python -m bench check` tests the claim), e.g. "score" for a baseline.
     variance_counterpart: ClassVar[str | None] = None
+    # Settings that change the gradient (name → default, a positive number), set per run.
+    options: ClassVar[dict[str, float]] = {}
 
     def __init__(
         self,
@@ -94,9 +100,11 @@ class Estimator(nn.Module):
         kl: str = "analytic",
         n_particles: int = 1,
         beta: float = 1.0,
+        options: dict[str, float] | None = None,
     ):
         super().__init__()
         check_options(type(self), kl, n_particles, beta)
+        values = resolve_options(type(self), options or {})
         if model.latent != self.latent:
             raise EstimatorError(
                 f"estimator {self.name!r} needs a model with {self.latent} latents,"
@@ -106,6 +114,8 @@ class Estimator(nn.Module):
         self.kl = kl
         self.n_particles = n_particles
         self.beta = float(beta)
+        for name, value in values.items():
+            setattr(self, name, value)
         self.build_state()
 
     def build_state(self) -> None:
@@ -238,6 +248,23 @@ def check_options(cls: type[Estimator], kl: str, n_particles: int, beta: float =
         )
 
 
+def resolve_options(cls: type[Estimator], options: dict[str, float]) -> dict[str, float]:
+    """Every option of `cls`: its default, or the value given (a finite number > 0); an option
+    `cls` does not declare is an EstimatorError naming the valid ones."""
+    unknown = sorted(set(options) - set(cls.options))
+    if unknown:
+        valid = ", ".join(cls.options) or "none"
+        raise EstimatorError(
+            f"estimator {cls.name!r} has no option {unknown[0]!r}; its options: {valid}"
+        )
+    for name, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise EstimatorError(f"option {cls.name}.{name} must be a number, got {value!r}")
+        if not (math.isfinite(value) and value > 0):
+            raise EstimatorError(f"option {cls.name}.{name} must be finite and > 0, got {value!r}")
+    return {**cls.options, **{name: float(value) for name, value in options.items()}}
+
+
 REGISTRY: dict[str, type[Estimator]] = {}
 
 
@@ -263,8 +290,10 @@ def make_estimator(
     kl: str = "analytic",
     n_particles: int = 1,
     beta: float = 1.0,
+    options: dict[str, float] | None = None,
 ) -> Estimator:
-    """Build a registered estimator; unknown names and unsupported options get a clear error."""
+    """Build a registered estimator with its `options` set (defaults for those not given);
+    unknown names and unsupported options get a clear error."""
     if name not in REGISTRY:
         raise EstimatorError(f"unknown estimator {name!r}; valid: {', '.join(REGISTRY)}")
-    return REGISTRY[name](model, kl=kl, n_particles=n_particles, beta=beta)
+    return REGISTRY[name](model, kl=kl, n_particles=n_particles, beta=beta, options=options)

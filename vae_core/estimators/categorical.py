@@ -255,7 +255,7 @@ class CategoricalRelaxedEstimator(Estimator):
         "depends on φ at fixed z (a score term), and the KL of q(z|x) is taken in closed form"
     }
     bias_reference = "cat_unordered_set"
-    temperature: float  # τ
+    tau: float  # τ, declared by each subclass's `options`
     model: CategoricalLatentModel
 
     def decoder_input(
@@ -296,10 +296,10 @@ class CategoricalGumbelSoftmax(CategoricalRelaxedEstimator):
     2017; Maddison et al. 2017)."""
 
     summary = "Gumbel-softmax relaxation on categorical latents, tau = 1, biased (Jang 2017)"
-    temperature = GUMBEL_TEMPERATURE
+    options = {"tau": GUMBEL_TEMPERATURE}
 
     def decoder_input(self, logits, one_hot, u):
-        return torch.softmax((logits + gumbel(self.model.grouped(u))) / self.temperature, -1)
+        return torch.softmax((logits + gumbel(self.model.grouped(u))) / self.tau, -1)
 
 
 @register("cat_st_gumbel")
@@ -309,10 +309,10 @@ class CategoricalStraightThroughGumbel(CategoricalRelaxedEstimator):
     `GUMBEL_TEMPERATURE`: biased for φ (Bengio et al. 2013; Jang et al. 2017)."""
 
     summary = "straight-through Gumbel on categorical latents: exact z forward, relaxed back"
-    temperature = GUMBEL_TEMPERATURE
+    options = {"tau": GUMBEL_TEMPERATURE}
 
     def decoder_input(self, logits, one_hot, u):
-        relaxed = torch.softmax((logits + gumbel(self.model.grouped(u))) / self.temperature, -1)
+        relaxed = torch.softmax((logits + gumbel(self.model.grouped(u))) / self.tau, -1)
         return one_hot + (relaxed - relaxed.detach())
 
 
@@ -323,10 +323,10 @@ class CategoricalReinMax(CategoricalRelaxedEstimator):
     biased for φ, the decoder gradient unbiased. `reinmax.ReinMax` is its reduction to C = 2."""
 
     summary = "ReinMax on categorical latents: exact z forward, second-order ST back, tau = 1.3"
-    temperature = REINMAX_TEMPERATURE
+    options = {"tau": REINMAX_TEMPERATURE}
 
     def decoder_input(self, logits, one_hot, u):
-        return reinmax_one_hot(logits, one_hot, self.temperature)
+        return reinmax_one_hot(logits, one_hot, self.tau)
 
 
 @register("cat_gumbel_rao")
@@ -340,7 +340,7 @@ class GumbelRao(CategoricalRelaxedEstimator):
 
     summary = "Gumbel-Rao: straight-through with S = 10 conditional Gumbel samples, biased"
     variance_counterpart = "cat_st_gumbel"
-    temperature = GUMBEL_TEMPERATURE
+    options = {"tau": GUMBEL_TEMPERATURE}
     conditional_samples = GUMBEL_RAO_SAMPLES  # S
 
     def noise_shape(self, batch_size: int) -> tuple[int, ...]:
@@ -357,5 +357,5 @@ class GumbelRao(CategoricalRelaxedEstimator):
         u_max = grouped(u[1 : 1 + samples])[..., :1]
         u_rest = grouped(u[1 + samples :])
         noise = conditional_gumbel_perturbation(logits, one_hot, u_max, u_rest)
-        relaxed = torch.softmax((logits + noise) / self.temperature, -1).mean(0)
+        relaxed = torch.softmax((logits + noise) / self.tau, -1).mean(0)
         return one_hot + (relaxed - relaxed.detach())

@@ -155,13 +155,14 @@ class RelaxedEstimator(Estimator):
         "mc": "the relaxed sample z ∈ (0, 1) has no Bernoulli log q(z|x); the relaxation is "
         "applied to log p(x|b) and the KL of the discrete q(b|x) is taken in closed form"
     }
-    temperature = 0.5  # τ
+    options = {"tau": 0.5}  # τ
+    tau: float
     bias_reference = "disarm"
 
     def relax(self, logits: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(z, b): the relaxed sample σ((α + L)/τ) and the exact sample 1[α + L > 0]."""
         pre_activation = logistic_sample(logits, u)
-        return torch.sigmoid(pre_activation / self.temperature), (pre_activation > 0).to(u.dtype)
+        return torch.sigmoid(pre_activation / self.tau), (pre_activation > 0).to(u.dtype)
 
     def decoder_input(self, z: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -54,13 +54,14 @@ class ReinMax(Estimator):
         "mc": "ReinMax approximates the path through b only; −β log q(b|x) also depends on φ at "
         "fixed b (a score term), and the KL of q(b|x) is taken in closed form instead"
     }
-    temperature = TEMPERATURE  # τ
+    options = {"tau": TEMPERATURE}  # τ
+    tau: float
     bias_reference = "disarm"
 
     def forward(self, x: torch.Tensor, u: torch.Tensor) -> EstimatorOutput:
         logits = self.model.encode(x)
         b = self.model.transform((logits,), u)
-        slope = reinmax_slope(logits.detach(), b, self.temperature)
+        slope = reinmax_slope(logits.detach(), b, self.tau)
         z = b + slope * (logits - logits.detach())  # value b, ∂z/∂α = slope
         f = self.model.log_likelihood(x, z)
         objective = f.mean(0) - self.beta * self.model.kl_to_prior(logits)
