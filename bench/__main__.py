@@ -418,6 +418,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name, cls in REGISTRY.items():
         kl = "/".join(cls.kl_modes)
         k = f"K>={cls.min_particles}" + (", even" if cls.particles_multiple == 2 else "")
+        if cls.max_particles is not None:
+            k = f"K={cls.min_particles}" if cls.max_particles == cls.min_particles else k
+            k += "" if cls.max_particles == cls.min_particles else f", K<={cls.max_particles}"
         options = "".join(f", {o}={v:g}" for o, v in cls.options.items())
         source = source_of(name)
         origin = f" [plugin {source.split()[0]}]" if source else ""

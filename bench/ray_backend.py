@@ -15,6 +15,7 @@ needs as an argument (the workers cannot read the driver's DIR/states/).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Iterator, Sequence
@@ -37,6 +38,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 EXCLUDES = [".venv", ".git", "results", ".benchmarks", ".pytest_cache", ".ruff_cache", "*.egg-info"]
 MAX_RETRIES = 2  # a task whose worker process died is run again (its rows are not yet written)
 BACKEND = "ray"
+LOOPBACK = "127.0.0.1"
 
 
 class ClusterError(Exception):
@@ -62,7 +64,7 @@ def _train_task(
     plugins.install(loaded)
     data, where = _dataset(dataset, data_dir), torch.device(device)
     result = pinned_task(config, data, where, threads)
-    return result, placement_here(BACKEND, where)
+    return result, _placement(where)
 
 
 def _cost_task(
@@ -77,7 +79,7 @@ def _cost_task(
     pin_threads(threads)
     where = torch.device(device)
     costs = measure_costs(configs, _dataset(dataset, data_dir), where)
-    return costs, placement_here(BACKEND, where)
+    return costs, _placement(where)
 
 
 def _shared_task(
@@ -94,7 +96,17 @@ def _shared_task(
     pin_threads(threads)
     where = torch.device(device)
     rows = measure_shared(config, states, _dataset(dataset, data_dir), where, auxiliary)
-    return rows, placement_here(BACKEND, where)
+    return rows, _placement(where)
+
+
+def _placement(where: torch.device) -> Placement:
+    """Where a task ran, its host named with its Ray node (host/node id): several nodes can share
+    a host."""
+    import ray
+
+    here = placement_here(BACKEND, where)
+    node = ray.get_runtime_context().get_node_id()[:12]
+    return dataclasses.replace(here, host=f"{here.host}/{node}")
 
 
 def connect(address: str | None, num_cpus: int) -> dict[str, Any]:
@@ -109,7 +121,8 @@ def connect(address: str | None, num_cpus: int) -> dict[str, Any]:
     )
     try:
         if address is None:
-            ray.init(address="local", num_cpus=num_cpus, **options)
+            # A local instance listens on the loopback address only.
+            ray.init(address="local", num_cpus=num_cpus, _node_ip_address=LOOPBACK, **options)
         else:
             ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ValueError) as err:

@@ -20,7 +20,7 @@ from bench.compare import compare_sets
 from bench.report.data import Results
 from bench.report.markdown import summary_markdown
 from bench.report.table import summary_table
-from bench.results import NoRunsError, RunsFile
+from bench.results import COLUMNS, FACT_COLUMNS, NoRunsError, RunsFile
 from tests.conftest import RUN
 
 RUN_ARGS = RUN[1:] + ["--workers", "1"]
@@ -30,9 +30,10 @@ BAD_CELLS = ("abc", "", "1e400", "-", "0x10", "  ", "nan", "inf", "1,5")
 
 # Columns whose every cell must be valid, with the BAD_CELLS that make one invalid.
 NOT_NUMBERS = ("abc", "", "-", "0x10", "  ", "1,5")
+CHECKED_FACTS = ("k", "objective", "latent", "biased", "evaluations")
 MUST_BE_VALID = {
-    "runs.csv": {10: NOT_NUMBERS},  # value
-    "estimators.csv": {c: BAD_CELLS for c in (1, 2, 3, 4, 7)},  # k .. biased, evaluations
+    "runs.csv": {COLUMNS.index("value"): NOT_NUMBERS},
+    "estimators.csv": {FACT_COLUMNS.index(c): BAD_CELLS for c in CHECKED_FACTS},
 }
 
 

@@ -50,7 +50,7 @@ def kill_session(pid: int) -> None:
 
 def free_port() -> int:
     with socket.socket() as probe:
-        probe.bind(("", 0))
+        probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
@@ -60,6 +60,7 @@ def head_node() -> Iterator[int]:
     the session's id and kills it (head, GCS, raylet, agents, workers) afterwards."""
     head = in_own_session(
         [str(RAY), "start", "--head", "--block", "--num-cpus", "2", "--port", str(free_port())]
+        + ["--node-ip-address", "127.0.0.1"]  # listens on the loopback address only
         + ["--include-dashboard=false", "--disable-usage-stats"],
         stderr=subprocess.STDOUT,
     )

@@ -153,6 +153,8 @@ def options_verdict(cls: type[Estimator]) -> Verdict:
     refused += [(model, cls.kl_modes[0], k) for k in {0, smallest - 1} if k < cls.min_particles]
     if cls.particles_multiple > 1:
         refused.append((model, cls.kl_modes[0], smallest + 1))
+    if cls.max_particles is not None:
+        refused.append((model, cls.kl_modes[0], cls.max_particles + cls.particles_multiple))
     refused.append((other_latent_model(cls.latent), cls.kl_modes[0], smallest))
     wrong = []
     for case in accepted:

@@ -77,6 +77,7 @@ class Estimator(nn.Module):
     latent: ClassVar[str] = "gaussian"
     kl_modes: ClassVar[tuple[str, ...]] = KL_MODES
     min_particles: ClassVar[int] = 1
+    max_particles: ClassVar[int | None] = None  # a largest K, for an estimator written for one K
     unsupported_reason: ClassVar[dict[str, str]] = {}  # KL mode → why it is refused
     objective: ClassVar[str] = "elbo"  # what the gradient estimates: "elbo", or "iwae" (L_K)
     particles_multiple: ClassVar[int] = 1  # K must be a multiple of this (antithetic pairs: 2)
@@ -235,16 +236,22 @@ def check_options(cls: type[Estimator], kl: str, n_particles: int, beta: float =
             f"estimator {cls.name!r} does not support kl={kl!r}"
             f" (supported: {', '.join(cls.kl_modes)}){': ' + reason if reason else ''}"
         )
+    largest = cls.max_particles
     if (
         not isinstance(n_particles, int)
         or n_particles < cls.min_particles
+        or (largest is not None and n_particles > largest)
         or n_particles % cls.particles_multiple
     ):
         step = cls.particles_multiple
         multiple = f" and a multiple of {step}" if step > 1 else ""
+        bound = f">= {cls.min_particles}"
+        if largest == cls.min_particles:
+            bound = f"= {largest}"
+        elif largest is not None:
+            bound = f"in {cls.min_particles}..{largest}"
         raise EstimatorError(
-            f"estimator {cls.name!r} needs n_particles (K) >= {cls.min_particles}{multiple},"
-            f" got {n_particles!r}"
+            f"estimator {cls.name!r} needs n_particles (K) {bound}{multiple}, got {n_particles!r}"
         )
 
 

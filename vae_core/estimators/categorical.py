@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from vae_core.estimators.base import Estimator, EstimatorError, EstimatorOutput, register
+from vae_core.estimators.base import Estimator, EstimatorOutput, register
 from vae_core.estimators.discrete import DiscreteLatentEstimator, logit_chain_surrogate
 from vae_core.estimators.score import Score, ScoreLeaveOneOut
 from vae_core.models import CategoricalLatentModel, gumbel, one_hot_argmax
@@ -172,20 +172,7 @@ class UnorderedSetPair(CategoricalLatentEstimator):
 
     summary = "2 joint samples without replacement, built-in baseline (Kool et al. 2020, K=2)"
     variance_counterpart = "cat_reinforce_loo"
-    min_particles = 2
-
-    def __init__(
-        self,
-        model: CategoricalLatentModel,
-        kl: str = "analytic",
-        n_particles: int = 2,
-        beta: float = 1.0,
-    ) -> None:
-        if n_particles != 2:
-            raise EstimatorError(
-                f"estimator {self.name!r} is written for n_particles (K) = 2, got {n_particles!r}"
-            )
-        super().__init__(model, kl, n_particles, beta)
+    min_particles = max_particles = 2  # written for one pair
 
     def noise_shape(self, batch_size: int) -> tuple[int, ...]:
         """(3, M, L·C): the first sample's uniforms, the second's, and (in [2][..., :1]) the one
