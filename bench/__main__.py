@@ -272,7 +272,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not args.names and not args.all and plugins:
         args.names = [name for plugin in plugins for name in plugin.estimators]
     if bool(args.names) == args.all:
-        raise UsageError("give estimator names, --all or a --plugin (not names and --all)")
+        raise UsageError("give estimator names or --all (not both), or a --plugin")
     names = list(REGISTRY) if args.all else args.names
     unknown = [name for name in names if name not in REGISTRY]
     if unknown:

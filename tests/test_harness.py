@@ -255,7 +255,9 @@ def test_divergence_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch, cap
         "1",  # the test double is registered in this process only
     ]
     assert main(args) == 0
-    assert "nan_test/analytic/K=1/seed=0: diverged at step 4" in capsys.readouterr().err
+    protocol = get_suite("quick").runs[0].protocol  # the quick suite's shorter protocol
+    message = f"nan_test/analytic/K=1/seed=0/{protocol}: diverged at step 4"
+    assert message in capsys.readouterr().err
     configs = rows_by_config(tmp_path / "runs.csv")
     diverged = next(rows for key, rows in configs.items() if key[2] == "nan_test")
     assert {r[METRIC] for r in diverged if r[METRIC] in ("diverged", "run_complete")} == {

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.__main__ import UsageError, select_suite
+from bench.__main__ import UsageError, build_parser, select_suite
 from vae_core import mnist_cache
 from vae_core.data import DataError, load_dataset
 from vae_core.mnist_cache import ARRAYS, MNIST_SHA256, load_checked, sha256
@@ -205,7 +205,8 @@ def test_unwritable_cache_still_loads_with_a_warning(source, tmp_path, caplog) -
 
 
 def _suite_args(data_dir: str | None = None) -> argparse.Namespace:
-    return argparse.Namespace(suite="full", estimators="reparam", seeds=None, data_dir=data_dir)
+    argv = ["run", "--suite", "full", "--estimators", "reparam"]
+    return build_parser().parse_args(argv + (["--data-dir", data_dir] if data_dir else []))
 
 
 def test_full_suite_trains_on_full_mnist(mnist_arrays, monkeypatch, capsys) -> None:

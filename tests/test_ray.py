@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.results import PLACEMENT_COLUMNS, read_rows
+from bench.results import KEY, PLACEMENT_COLUMNS, read_rows
 from tests.conftest import ROOT, RUN, docs_estimator_example, untimed
 
 RAY = Path(sys.executable).parent / "ray"
@@ -54,24 +54,30 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def start_node(*options: str) -> subprocess.Popen[str]:
+    """`ray start --block *options` on the loopback address, in its own session, returned once
+    its runtime has started (the caller kills its session)."""
+    node = in_own_session(
+        [str(RAY), "start", "--block", "--node-ip-address", "127.0.0.1", *options]
+        + ["--include-dashboard=false", "--disable-usage-stats"],
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + START_TIMEOUT
+    for line in node.stdout:
+        if "Ray runtime started" in line:
+            return node
+        if time.monotonic() > deadline:
+            break
+    kill_session(node.pid)
+    pytest.fail(f"ray start {' '.join(options)} did not start in time")
+
+
 @pytest.fixture(scope="module")
 def head_node() -> Iterator[int]:
     """A one-node cluster of 2 CPUs from `ray start --head --block`, in its own session; yields
     the session's id and kills it (head, GCS, raylet, agents, workers) afterwards."""
-    head = in_own_session(
-        [str(RAY), "start", "--head", "--block", "--num-cpus", "2", "--port", str(free_port())]
-        + ["--node-ip-address", "127.0.0.1"]  # listens on the loopback address only
-        + ["--include-dashboard=false", "--disable-usage-stats"],
-        stderr=subprocess.STDOUT,
-    )
+    head = start_node("--head", "--num-cpus", "2", "--port", str(free_port()))
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        for line in head.stdout:
-            if "Ray runtime started" in line:
-                break
-            assert time.monotonic() < deadline, "ray start --head did not start in time"
-        else:
-            pytest.fail("ray start --head ended before the runtime started")
         yield head.pid
     finally:
         kill_session(head.pid)
@@ -145,3 +151,50 @@ def test_a_plugin_outside_the_project_travels_with_the_ray_tasks(tmp_path):
     rows = untimed(on_ray / "runs.csv")
     assert {r[2] for r in rows} == {"score_half"}
     assert rows == untimed(serial / "runs.csv")
+
+
+def test_a_node_lost_mid_suite_leaves_the_suite_to_the_survivor(tmp_path, uninterrupted):
+    """Two nodes of one CPU each; the worker node is killed (its whole process group) once the
+    first configuration has finished, while the others run: its task is retried on the head
+    node, the rows are the local rows, and placements.csv names the node each run finished on.
+    Explicit addresses, not `auto`: the module's other cluster may still be up."""
+    port = str(free_port())
+    head = start_node("--head", "--num-cpus", "1", "--port", port)
+    worker = None
+    try:
+        worker = start_node("--address", f"127.0.0.1:{port}", "--num-cpus", "1")
+        out = tmp_path / "survivor"
+        driver = in_own_session(
+            [sys.executable, "-m", "bench", *RUN, "--out", str(out), "--backend", "ray"]
+            + ["--address", f"127.0.0.1:{port}"],
+            stderr=subprocess.PIPE,
+        )
+        try:
+            deadline = time.monotonic() + 600
+            while not (out / "runs.csv").is_file() or not read_rows(out / "runs.csv"):
+                assert driver.poll() is None, driver.stderr.read()
+                assert time.monotonic() < deadline, "no configuration finished"
+                time.sleep(0.5)
+            finished_before = {row[:KEY] for row in read_rows(out / "runs.csv")}
+            kill_session(worker.pid)
+            worker.wait()
+            _, stderr = driver.communicate(timeout=900)
+        finally:
+            kill_session(driver.pid)
+        assert driver.returncode == 0, stderr
+    finally:
+        for node in (worker, head):
+            if node is not None:
+                kill_session(node.pid)
+                node.wait()
+    assert untimed(out / "runs.csv") == untimed(uninterrupted / "runs.csv")
+    with (out / "placements.csv").open() as handle:
+        header, *lines = [line.rstrip("\n").split(",") for line in handle]
+    node = {phase: [] for phase in ("train", "cost", "shared")}
+    for line in lines:
+        node[line[header.index("phase")]].append((tuple(line[:KEY]), line[header.index("host")]))
+    assert len(node["train"]) == 3  # a retried task is placed once, where it finished
+    survivor = {host for _, host in node["cost"] + node["shared"]}
+    assert len(survivor) == 1, survivor  # everything after training ran on the head
+    after_the_kill = [host for key, host in node["train"] if key not in finished_before]
+    assert after_the_kill and set(after_the_kill) == survivor

@@ -18,7 +18,7 @@ from scipy import stats
 from bench.__main__ import main
 from bench.execution import pinned_threads
 from bench.report.stats import log_ratio_interval
-from bench.results import SHARED_COMPLETE, RunsFile, read_rows
+from bench.results import KEY, METRIC, SHARED_COMPLETE, STEP, VALUE, RunsFile, read_rows
 from bench.runner import auxiliary_state, build_estimator, run_configuration
 from bench.shared import adapt_auxiliary_state, measure_shared, shared_generator
 from bench.suites import RunConfig, Suite
@@ -93,8 +93,8 @@ def tiny_suite() -> Suite:
 def shared_rows(out) -> dict[tuple, list[tuple]]:
     rows: dict[tuple, list[tuple]] = {}
     for row in read_rows(out / "runs.csv"):
-        if row[9].startswith("shared_"):
-            rows.setdefault(row[:8], []).append(row)
+        if row[METRIC].startswith("shared_"):
+            rows.setdefault(row[:KEY], []).append(row)
     return rows
 
 
@@ -105,7 +105,7 @@ def test_shared_pass_measures_every_seed_0_configuration_and_resume_reruns_a_mis
     command = ["run", "--suite", "tiny", "--device", "cpu", "--out", str(tmp_path)]
     assert main([*command, "--workers", "1"]) == 0
     measured = shared_rows(tmp_path)
-    assert {key[2:4] + key[7:] for key in measured} == {
+    assert {key[2:4] + key[7:8] for key in measured} == {
         ("reparam", "analytic", "0"),
         ("reparam", "mc", "0"),
         ("stl", "mc", "0"),
@@ -116,7 +116,7 @@ def test_shared_pass_measures_every_seed_0_configuration_and_resume_reruns_a_mis
     for key, rows in measured.items():
         by_step = {}
         for row in rows:
-            by_step.setdefault(int(row[8]), set()).add(row[9])
+            by_step.setdefault(int(row[STEP]), set()).add(row[METRIC])
         assert set(by_step) == {0, 8, 60}, key
         for step in (0, 8):
             assert {
@@ -126,8 +126,8 @@ def test_shared_pass_measures_every_seed_0_configuration_and_resume_reruns_a_mis
                 "shared_ref_grad_var_se_encoder",
                 "shared_grad_var_decoder",
             } <= by_step[step], key
-        assert rows[-1][9] == SHARED_COMPLETE
-        values = {(int(r[8]), r[9]): float(r[10]) for r in rows}
+        assert rows[-1][METRIC] == SHARED_COMPLETE
+        values = {(int(r[STEP]), r[METRIC]): float(r[VALUE]) for r in rows}
         # Independent noise: even the reference against itself gives two different estimates.
         assert values[60, "shared_grad_var_encoder"] != values[60, "shared_ref_grad_var_encoder"]
     assert len(list((tmp_path / "states").glob("*.pt"))) == 3  # reparam ×2 KL modes, disarm
@@ -138,7 +138,7 @@ def test_shared_pass_measures_every_seed_0_configuration_and_resume_reruns_a_mis
     kept = [
         r
         for r in read_rows(tmp_path / "runs.csv")
-        if not (r[:8] == stl and r[9].startswith("shared_"))
+        if not (r[:KEY] == stl and r[METRIC].startswith("shared_"))
     ]
     (tmp_path / "runs.csv").write_text(
         "\n".join(",".join(map(str, row)) for row in [read_header(tmp_path), *kept]) + "\n"
@@ -223,7 +223,7 @@ def test_auxiliary_state_starts_from_the_runs_own_and_resume_regenerates_it(tmp_
         assert_same_states(started[config.estimator], dict(enumerate(own.values())))
     measured = shared_rows(tmp_path)
     for key in measured:
-        values = {(int(r[8]), r[9]): float(r[10]) for r in measured[key]}
+        values = {(int(r[STEP]), r[METRIC]): float(r[VALUE]) for r in measured[key]}
         if key[2] in ("score_ma", "double_cv"):
             assert values[60, "shared_aux_from_run"] == 1.0
             assert [values[s, "shared_aux_step"] for s in (0, 8)] == [0.0, 8.0]
@@ -237,7 +237,7 @@ def test_auxiliary_state_starts_from_the_runs_own_and_resume_regenerates_it(tmp_
     kept = [
         r
         for r in read_rows(tmp_path / "runs.csv")
-        if not (r[:8] in learner_keys and r[9].startswith("shared_"))
+        if not (r[:KEY] in learner_keys and r[METRIC].startswith("shared_"))
     ]
     (tmp_path / "runs.csv").write_text(
         "\n".join(",".join(map(str, row)) for row in [read_header(tmp_path), *kept]) + "\n"
