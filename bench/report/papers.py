@@ -162,6 +162,7 @@ def paper_rows(results: Results, protocols: dict[str, PaperProtocol]) -> pd.Data
                 "half_width": half,
                 "published": figure_,
                 "source": match["source"].iloc[0] if len(match) else "",
+                "checked": match["checked"].iloc[0] if len(match) else "",
                 "difference": mean - figure_,
             }
         )
@@ -219,7 +220,9 @@ def paper_markdown(results: Results) -> list[str]:
             )
         if rows["published"].isna().all():
             lines += ["", "No published figure of this protocol is on file (bench/published.csv)."]
-        sources = sorted(set(rows["source"]) - {""})
+        sources = sorted(
+            {f"{s} ({c})" for s, c in zip(rows["source"], rows["checked"], strict=True) if s}
+        )
         if sources:
             lines += ["", f"Published figures: {'; '.join(sources)}."]
         lines += ["", f"![learning curves of {paper}](plots/paper_{paper}.png)", ""]
