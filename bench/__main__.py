@@ -441,6 +441,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         minutes = suite.expected_cpu_minutes
         expected = f"~{minutes:g} min" if minutes == minutes else "GPU-sized"
         print(f"  {suite.name:12s} {len(suite.runs):3d} runs, {expected:10s} {suite.description}")
+        if suite.expected_note:
+            print(f"  {'':12s} expected: {suite.expected_note}")
     return 0
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.suites import MODELS, RunConfig, Suite
+from bench.suites import MODELS, PAPER_PROTOCOLS, RunConfig, Suite
 from vae_core.data import DATASETS
 from vae_core.estimators import KL_MODES, REGISTRY, EstimatorError, check_options
 from vae_core.estimators.base import resolve_options
@@ -39,6 +39,7 @@ MEASUREMENT_MINIMUM = {
 SUITE_KEYS = (
     "name",
     "description",
+    "protocol",
     "dataset",
     "models",
     "estimators",
@@ -234,7 +235,8 @@ def load_suite_file(path: Path, note: Note) -> Suite:
 def suite_of(table: dict, default_name: str, note: Note) -> Suite:
     """The suite a parsed TOML file describes: every estimator of `estimators` on every model
     of its latent type, at each KL mode of `kl` (default: those it supports) and K of `k`
-    (default: its smallest), each β and seed."""
+    (default: its smallest), each β and seed; with `protocol`, a paper protocol's settings
+    (PAPER_PROTOCOLS: data set, optimiser, batch, steps, test bound) before the file's own."""
     unknown = sorted(set(table) - set(SUITE_KEYS))
     if unknown:
         raise GridError(f"unknown key {unknown[0]!r}; valid: {', '.join(SUITE_KEYS)}")
@@ -265,8 +267,12 @@ def suite_of(table: dict, default_name: str, note: Note) -> Suite:
     if any(s < 0 for s in overrides.seeds):
         raise GridError(f"seeds must be integers >= 0, got {list(overrides.seeds)}")
     check_values(overrides)
+    paper = table.get("protocol")
+    if paper is not None and paper not in PAPER_PROTOCOLS:
+        raise GridError(f"unknown protocol {paper!r}; valid: {', '.join(PAPER_PROTOCOLS)}")
+    base = PAPER_PROTOCOLS[paper] if paper else RunConfig()
     starts = [
-        RunConfig(estimator=e, kl=kl, k=REGISTRY[e].min_particles)
+        dataclasses.replace(base, estimator=e, kl=kl, k=REGISTRY[e].min_particles)
         for e in overrides.estimators
         for kl in REGISTRY[e].kl_modes
     ]

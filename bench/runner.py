@@ -251,6 +251,8 @@ def run_configuration(
     optimizer = build_optimizer(
         estimator, config.learning_rate, config.optimizer, optimizer_kind(device)
     )
+    if config.train_examples is not None:
+        data = dataclasses.replace(data, train=data.train[: config.train_examples])
     data = data.to(device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     stream = batches(data.train, config.batch_size, generator)

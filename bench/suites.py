@@ -59,8 +59,10 @@ class RunConfig:
     k: int = 1  # particles (latent samples) per example
     beta: float = 1.0  # weight of the KL term (β-VAE)
     seed: int = 0
+    paper: str = ""  # the paper protocol the run follows (PAPER_PROTOCOLS), '' for none
     steps: int = 3000  # 75 epochs of mnist5k's 4,000 training digits at batch 100
     batch_size: int = 100
+    train_examples: int | None = None  # train on the first N training images (None: all)
     learning_rate: float = 1e-3  # of the optimiser's main rule
     optimizer: OptimizerConfig = OptimizerConfig()  # default: Adam, torch's defaults, no schedule
     n_checkpoints: int = 8  # log-spaced, plus step 0
@@ -186,6 +188,89 @@ class Suite:
     description: str
     runs: tuple[RunConfig, ...]
     expected_cpu_minutes: float  # measured on the 2-core reference machine (see README)
+    expected_note: str = ""  # how long elsewhere (GPU, a Ray cluster), for `bench list`
+
+
+def burda_code_schedule(steps_per_epoch: int) -> tuple[tuple[int, float], ...]:
+    """The learning-rate factors of Burda et al.'s code (yburda/iwae experiments.py,
+    `checkpoint1to8`): stage i = 1..8 runs 3^(i-1) epochs at 1e-4 · round(10^(1-(i-1)/7), 1),
+    i.e. × round(10^(1-(i-1)/7), 1) / 10 of the first rate 1e-3; `burda_schedule` without the
+    rounding to one decimal (at most 0.3% of the rate apart)."""
+    schedule, start = [], 0
+    for i in range(1, 9):
+        schedule.append((start, round(round(10 ** (1 - (i - 1) / 7), 1) / 10, 2)))
+        start += 3 ** (i - 1) * steps_per_epoch
+    return tuple(schedule)
+
+
+# Each paper protocol's settings as the authors' code runs them; docs/protocols.md gives every
+# setting's source, and bench/paper_protocols.csv the same settings for the report.
+DISARM_TRAIN = 50_000  # disarm/binary/dataset.py: split train[:50000], valid train[50000:]
+IWAE_TRAIN = 59_600  # yburda/iwae datasets.py: the last 400 of the 60,000 kept for validation
+IWAE_STEPS_PER_EPOCH = IWAE_TRAIN // 20
+PAPER_PROTOCOLS: dict[str, RunConfig] = {
+    # Dong, Mnih & Tucker (2020), §6.1; google-research disarm/binary/
+    # experiment_launcher_singlelayer.py: Adam (Keras: ε = 1e-7) at 1e-4 for encoder and
+    # decoder, SGD at 1e-2 for the prior logits, batch 50, 10^6 steps, the 100-sample bound on
+    # the 10,000 test digits; dynamic MNIST (dataset.py).
+    "disarm_paper": RunConfig(
+        dataset="mnist",
+        model="linear200",
+        kl="mc",
+        paper="disarm_paper",
+        steps=1_000_000,
+        batch_size=50,
+        train_examples=DISARM_TRAIN,
+        learning_rate=1e-4,
+        optimizer=OptimizerConfig(eps=1e-7, prior=("sgd", 1e-2)),
+        nll_samples=100,
+        nll_examples=10_000,
+    ),
+    # Burda, Grosse & Salakhutdinov (2016), §5; yburda/iwae experiments.py and optimizers.py:
+    # batch 20, Adam β = (0.99, 0.999), ε = 1e-4, 3,280 epochs of 59,600 digits under the
+    # code's schedule from 1e-3, test NLL with k = 5,000 on the 10,000 test digits.
+    "iwae_paper": RunConfig(
+        dataset="mnist",
+        model="iwae1",
+        kl="mc",
+        paper="iwae_paper",
+        steps=3280 * IWAE_STEPS_PER_EPOCH,
+        batch_size=20,
+        train_examples=IWAE_TRAIN,
+        learning_rate=1e-3,
+        optimizer=OptimizerConfig(
+            betas=(0.99, 0.999), eps=1e-4, schedule=burda_code_schedule(IWAE_STEPS_PER_EPOCH)
+        ),
+        nll_samples=5000,
+        nll_examples=10_000,
+    ),
+}
+
+
+def paper_grid(
+    paper: str, configurations: list[tuple[str, str, tuple[str, ...], tuple[int, ...]]]
+) -> tuple[RunConfig, ...]:
+    """The paper protocol's runs: (estimator, KL mode, models, K values) × REFERENCE_SEEDS."""
+    base = PAPER_PROTOCOLS[paper]
+    return tuple(
+        dataclasses.replace(base, model=m, estimator=e, kl=kl, k=k, seed=s)
+        for e, kl, models, ks in configurations
+        for m in models
+        for k in ks
+        for s in REFERENCE_SEEDS
+    )
+
+
+def disarm_paper_estimators() -> list[tuple[str, str, tuple[str, ...], tuple[int, ...]]]:
+    """Every binary-latent estimator but REINFORCE without a baseline (which the paper does not
+    train), at its smallest K, with the Monte Carlo KL of the authors' ELBO where it supports
+    it; on the linear and nonlinear models."""
+    models = ("linear200", "nonlinear200")
+    return [
+        (name, "mc" if "mc" in cls.kl_modes else "analytic", models, (cls.min_particles,))
+        for name, cls in REGISTRY.items()
+        if cls.latent == "bernoulli" and name != "reinforce"
+    ]
 
 
 def estimator_grid(
@@ -239,6 +324,22 @@ def grid(
         for e, kl, k in estimator_grid(particles, sweeping, MODELS[m].latent, counterparts)
         for s in seeds
     )
+
+
+# Expected times of the paper suites from per-step training costs (median of 40 steps, 20 for
+# iwae_paper, after 5 of warm-up; one thread on the loaded 2-core reference machine, so an upper
+# side): the sum over a seed's configurations × steps × 5 seeds. Measurements (checkpoints, the
+# final bound on 10,000 digits) come on top. GPU: not measured.
+DISARM_PAPER_TIME = (
+    "training ≈ 232 core-hours on CPU (167 ms for one step of each of the 18 configurations of a"
+    " seed: 2.6-34 ms; × 10^6 steps × 5 seeds), so ≈ 232/C hours on a Ray cluster of C free"
+    " cores, one thread a run; GPU: not measured"
+)
+IWAE_PAPER_TIME = (
+    "training ≈ 815 core-hours on CPU (60 ms for one step of each of the 6 configurations of a"
+    " seed: 2.7 ms at K = 1 to 22 ms at K = 50; × 9,774,400 steps × 5 seeds), so ≈ 815/C hours"
+    " on a Ray cluster of C free cores, one thread a run; GPU: not measured"
+)
 
 
 def make_suites() -> dict[str, Suite]:
@@ -341,6 +442,29 @@ def make_suites() -> dict[str, Suite]:
             f" mnist5k, {COMPARISON_SEEDS} seeds, 3000 steps",
             grid(("mnist5k",), ("jang20x10", "reinmax4x8"), REFERENCE_SEEDS),
             expected_cpu_minutes=160.0,
+        ),
+        # The paper protocols (PAPER_PROTOCOLS, docs/protocols.md). Expected times from the
+        # per-step costs in docs/protocols.md (one thread, the loaded 2-core machine).
+        "disarm_paper": Suite(
+            "disarm_paper",
+            "Dong et al. (2020) as their launcher runs it: dynamic MNIST (50,000 train), linear"
+            " and nonlinear 200-latent models, batch 50, Adam 1e-4 + SGD 1e-2 for the prior"
+            f" logits, 10^6 steps, the 100-sample test bound, {COMPARISON_SEEDS} seeds",
+            paper_grid("disarm_paper", disarm_paper_estimators()),
+            expected_cpu_minutes=float("nan"),
+            expected_note=DISARM_PAPER_TIME,
+        ),
+        "iwae_paper": Suite(
+            "iwae_paper",
+            "Burda et al. (2016) as their code runs it: 784-200-200-50, batch 20, Adam"
+            " (0.99, 0.999, 1e-4) over 3,280 epochs of 59,600 digits, VAE (reparam) and IWAE at"
+            f" k = 1, 5, 50, test NLL with k = 5,000, {COMPARISON_SEEDS} seeds",
+            paper_grid(
+                "iwae_paper",
+                [("reparam", "mc", ("iwae1",), (1, 5, 50)), ("iwae", "mc", ("iwae1",), (1, 5, 50))],
+            ),
+            expected_cpu_minutes=float("nan"),
+            expected_note=IWAE_PAPER_TIME,
         ),
         # Rate–distortion: the pathwise and the best score-function estimator across β; the β = 1
         # runs are `default`'s (skipped by --resume when written into the same directory). 4.4 min

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from bench.report.data import Results
 from bench.report.markdown import summary_markdown
+from bench.report.papers import load_protocols, paper_markdown, paper_plot
 from bench.report.plots import PLOTS
 from bench.report.style import Look, theme
 from bench.report.table import summary_table
@@ -27,6 +28,8 @@ def write_report(out_dir: Path) -> list[Path]:
     with rc_context(theme()):
         for plot in PLOTS:
             drawn[plot.name] = plot.draw(series, look, plots / f"{plot.name}.png")
+        for paper in load_protocols():
+            drawn[f"paper_{paper}"] = paper_plot(results, paper, plots / f"paper_{paper}.png")
     for name, written in drawn.items():
         stale = plots / f"{name}.png"
         if written is None and stale.exists():
@@ -48,6 +51,7 @@ def write_report(out_dir: Path) -> list[Path]:
         headline += f" {running} configuration(s) without run_complete are still running: left out."
     lines = ["# vae-bench results", "", headline, ""]
     lines += summary_markdown(table, results.envs)
+    lines += paper_markdown(results)
     lines += ["## Plots", ""]
     for plot in PLOTS:
         if drawn[plot.name] is None:
