@@ -57,9 +57,10 @@ def free_port() -> int:
 def start_node(*options: str) -> subprocess.Popen[str]:
     """`ray start --block *options` on the loopback address, in its own session, returned once
     its runtime has started (the caller kills its session)."""
+    head_only = ["--include-dashboard=false"] if "--head" in options else []
     node = in_own_session(
         [str(RAY), "start", "--block", "--node-ip-address", "127.0.0.1", *options]
-        + ["--include-dashboard=false", "--disable-usage-stats"],
+        + [*head_only, "--disable-usage-stats"],
         stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + START_TIMEOUT
@@ -153,11 +154,14 @@ def test_a_plugin_outside_the_project_travels_with_the_ray_tasks(tmp_path):
     assert rows == untimed(serial / "runs.csv")
 
 
-def test_a_node_lost_mid_suite_leaves_the_suite_to_the_survivor(tmp_path, uninterrupted):
+def test_a_node_lost_mid_suite_leaves_the_suite_to_the_survivor(
+    tmp_path, uninterrupted, monkeypatch
+):
     """Two nodes of one CPU each; the worker node is killed (its whole process group) once the
     first configuration has finished, while the others run: its task is retried on the head
     node, the rows are the local rows, and placements.csv names the node each run finished on.
     Explicit addresses, not `auto`: the module's other cluster may still be up."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # the second node joins with the head's token
     port = str(free_port())
     head = start_node("--head", "--num-cpus", "1", "--port", port)
     worker = None
