@@ -70,7 +70,7 @@ from bench.runner import (
 )
 from bench.suites import MODELS, RunConfig
 from vae_core.data import Dataset
-from vae_core.estimators import REGISTRY, Estimator, make_estimator
+from vae_core.estimators import REGISTRY, Estimator, adapt_auxiliary_state, make_estimator
 from vae_core.gradients import gradient_statistics
 from vae_core.models import build_model
 
@@ -113,23 +113,15 @@ def auxiliary_start(auxiliary: States, step: int) -> int:
     return max(kept for kept in auxiliary if kept <= step)
 
 
-def adapt_auxiliary_state(
+def adapt_auxiliary(
     estimator: Estimator, data: Dataset, config: RunConfig, generator: torch.Generator
 ) -> None:
-    """`shared_adapt_steps` training steps of the estimator's auxiliary parameters (Adam, the
-    run's learning rate) and buffers (`update_state`) at the frozen model parameters."""
-    auxiliary = [p for n, p in estimator.named_parameters() if not n.startswith("model.")]
-    optimizer = torch.optim.Adam(auxiliary, lr=config.learning_rate) if auxiliary else None
+    """`shared_adapt_steps` training steps of the estimator's auxiliary state on training
+    minibatches (`adapt_auxiliary_state`, the run's learning rate) at the frozen model
+    parameters."""
     stream = batches(data.train, config.batch_size, generator)
-    for _ in range(config.shared_adapt_steps):
-        x = next(stream)
-        out = estimator(x, estimator.sample_noise(x.shape[0], generator))
-        if optimizer is not None:
-            grads = torch.autograd.grad(-out.surrogate, auxiliary, allow_unused=True)
-            for parameter, g in zip(auxiliary, grads, strict=True):
-                parameter.grad = g
-            optimizer.step()
-        estimator.update_state(out)
+    minibatches = (next(stream) for _ in range(config.shared_adapt_steps))
+    adapt_auxiliary_state(estimator, minibatches, config.learning_rate, generator)
 
 
 def shared_generator(config: RunConfig, step: int, device: torch.device) -> torch.Generator:
@@ -165,7 +157,7 @@ def measure_shared(
                 raise ValueError(f"{config.label()}: its run's auxiliary states are needed")
             start = auxiliary_start(auxiliary, step)
             load_auxiliary_state(estimator, auxiliary[start])
-            adapt_auxiliary_state(estimator, data, config, generator)
+            adapt_auxiliary(estimator, data, config, generator)
             started = {"aux_step": float(start)}
         values = gradient_statistics(
             estimator,

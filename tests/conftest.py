@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.__main__ import main
 from bench.results import METRIC, read_rows
@@ -35,6 +36,16 @@ def docs_estimator_example() -> str:
 def untimed(path: Path) -> list[tuple[str, ...]]:
     """runs.csv's rows but the timings, sorted: what must not depend on where runs ran."""
     return sorted(r for r in read_rows(path) if r[METRIC] not in TIMING_METRICS)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: for tiny models it is faster, and steadier on a shared
+    machine (use with `pytest.mark.usefixtures("one_thread")`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

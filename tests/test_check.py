@@ -17,14 +17,7 @@ from vae_core.estimators import REGISTRY, EstimatorError, EstimatorOutput
 from vae_core.estimators.pathwise import Reparam
 from vae_core.estimators.score import Score
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The models are tiny: one thread is faster, and steadier on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))

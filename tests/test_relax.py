@@ -23,13 +23,7 @@ from vae_core.gradients import gradient_draws, variance_statistics
 KL = ("analytic", "mc")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tensors here are tiny: one thread is faster, and steadier on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def perturb(estimator, seed: int) -> None:

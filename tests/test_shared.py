@@ -20,7 +20,7 @@ from bench.execution import pinned_threads
 from bench.report.stats import log_ratio_interval
 from bench.results import KEY, METRIC, SHARED_COMPLETE, STEP, VALUE, RunsFile, read_rows
 from bench.runner import auxiliary_state, build_estimator, run_configuration
-from bench.shared import adapt_auxiliary_state, measure_shared, shared_generator
+from bench.shared import adapt_auxiliary, measure_shared, shared_generator
 from bench.suites import RunConfig, Suite
 from vae_core.data import load_dataset
 from vae_core.gradients import gradient_statistics
@@ -169,7 +169,7 @@ def test_auxiliary_state_is_adapted_at_frozen_model_parameters():
         estimator.model.load_state_dict(states[60])
         generator = shared_generator(config, 60, CPU)
         if adapt:
-            adapt_auxiliary_state(estimator, synthetic(), config, generator)
+            adapt_auxiliary(estimator, synthetic(), config, generator)
             for name, value in estimator.model.state_dict().items():
                 assert torch.equal(value, states[60][name]), name
             assert estimator.baseline < -10
@@ -209,9 +209,9 @@ def test_auxiliary_state_starts_from_the_runs_own_and_resume_regenerates_it(tmp_
     def recording_adapt(estimator, data, config, generator):
         steps = started.setdefault(config.estimator, {})
         steps[len(steps)] = auxiliary_state(estimator)
-        adapt_auxiliary_state(estimator, data, config, generator)
+        adapt_auxiliary(estimator, data, config, generator)
 
-    monkeypatch.setattr("bench.shared.adapt_auxiliary_state", recording_adapt)
+    monkeypatch.setattr("bench.shared.adapt_auxiliary", recording_adapt)
     command = ["run", "--suite", "learners", "--device", "cpu", "--out", str(tmp_path)]
     assert main([*command, "--workers", "1"]) == 0
     runs = RunsFile(tmp_path / "runs.csv")
@@ -278,7 +278,7 @@ def test_learned_control_variate_adapts_and_the_model_does_not():
     estimator = build_estimator(config, synthetic().dim, CPU)
     estimator.model.load_state_dict(states[60])
     before = {n: p.detach().clone() for n, p in estimator.named_parameters()}
-    adapt_auxiliary_state(estimator, synthetic(), config, shared_generator(config, 60, CPU))
+    adapt_auxiliary(estimator, synthetic(), config, shared_generator(config, 60, CPU))
     after = dict(estimator.named_parameters())
     moved = {n for n in before if not torch.equal(before[n], after[n])}
     assert moved and all(not n.startswith("model.") for n in moved)

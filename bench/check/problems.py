@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import repeat
 
 import torch
 
-from vae_core.estimators import Estimator, EstimatorError
+from vae_core.estimators import Estimator, EstimatorError, adapt_auxiliary_state
 from vae_core.exact import (
     binary_vae,
     categorical_vae,
@@ -86,18 +87,9 @@ def checked_particles(cls: type[Estimator]) -> int:
 
 
 def warmed_up(estimator: Estimator, x: torch.Tensor, seed: int) -> Estimator:
-    """The estimator after WARM_UP_STEPS of the training step at fixed model parameters: Adam
-    ascending the surrogate on the estimator's own parameters, then `update_state`. Any fixed
-    state must leave it unbiased; this is one where baselines track the learning signal."""
-    own = [p for name, p in estimator.named_parameters() if not name.startswith("model.")]
-    optimiser = torch.optim.Adam(own, lr=WARM_UP_LEARNING_RATE) if own else None
+    """The estimator after WARM_UP_STEPS of its own state's training on `x` at fixed model
+    parameters (`adapt_auxiliary_state`). Any fixed state must leave it unbiased; this is one
+    where baselines track the learning signal."""
     generator = torch.Generator().manual_seed(seed)
-    for _ in range(WARM_UP_STEPS):
-        output = estimator(x, estimator.sample_noise(len(x), generator))
-        if optimiser is not None:
-            gradients = torch.autograd.grad(-output.surrogate, own, allow_unused=True)
-            for parameter, gradient in zip(own, gradients, strict=True):
-                parameter.grad = gradient
-            optimiser.step()
-        estimator.update_state(output)
+    adapt_auxiliary_state(estimator, repeat(x, WARM_UP_STEPS), WARM_UP_LEARNING_RATE, generator)
     return estimator

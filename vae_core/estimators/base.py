@@ -33,7 +33,7 @@ and the estimator reads each as an attribute of its name (`self.tau`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -210,6 +210,28 @@ class Estimator(nn.Module):
     def elbo_per_example(self, f: torch.Tensor, kl_analytic: torch.Tensor) -> torch.Tensor:
         """Detached objective estimate per example: mean_k f_k − β KL (KL zero in mc mode)."""
         return (f.mean(0) - kl_analytic).detach()
+
+
+def adapt_auxiliary_state(
+    estimator: Estimator,
+    minibatches: Iterable[torch.Tensor],
+    learning_rate: float,
+    generator: torch.Generator,
+) -> None:
+    """Train the estimator's own state at fixed model parameters, one step per minibatch: Adam
+    (at `learning_rate`) ascends the surrogate on its parameters outside the model (learned
+    baselines, control variates), then `update_state` advances its buffers. The noise of each
+    step comes from `generator`, drawn after the minibatch."""
+    own = [p for name, p in estimator.named_parameters() if not name.startswith("model.")]
+    optimiser = torch.optim.Adam(own, lr=learning_rate) if own else None
+    for x in minibatches:
+        output = estimator(x, estimator.sample_noise(x.shape[0], generator))
+        if optimiser is not None:
+            gradients = torch.autograd.grad(-output.surrogate, own, allow_unused=True)
+            for parameter, gradient in zip(own, gradients, strict=True):
+                parameter.grad = gradient
+            optimiser.step()
+        estimator.update_state(output)
 
 
 def gradient_only(loss: torch.Tensor) -> torch.Tensor:
