@@ -609,6 +609,7 @@ def make_backend(
         cpus = workers * threads if args.address is None else 0
         resources = ray_backend.connect(args.address, cpus)
         ray_backend.check_resources(threads, gpus)
+        ray_backend.watch_head(args.out)
     except ray_backend.ClusterError as err:
         ray_backend.disconnect()
         raise UsageError(str(err)) from err
@@ -623,7 +624,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench import writer_lock
     from bench.cost import cost_pass
     from bench.environment import environment_record, write_environment
-    from bench.execution import pinned_threads, train
+    from bench.execution import CLUSTER_LOST_EXIT, ClusterLost, pinned_threads, train
     from bench.optimisers import optimizer_kind
     from bench.plugins import loaded as loaded_plugins
     from bench.results import ResultsExistError, RunsFile, row_key
@@ -682,6 +683,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 shared = shared_pass(suite.runs, backend, device, runs)
                 suite_bar.set_description(f"suite {suite.name}: cost pass")
                 costed = cost_pass(suite.runs, backend, device, runs)
+        except ClusterLost as err:
+            suite_bar.write(f"error: {err}", file=sys.stderr)
+            return CLUSTER_LOST_EXIT
         finally:
             if args.backend == "ray":
                 from bench.ray_backend import disconnect

@@ -30,6 +30,14 @@ from bench.shared import SharedJob, measure_each
 from bench.suites import RunConfig
 from vae_core.data import Dataset, load_dataset
 
+# The exit status when the cluster under a suite is lost (a Ray head gone, a task lost beyond its
+# retries): the configurations written before it are kept, and --resume finishes the rest.
+CLUSTER_LOST_EXIT = 4
+
+
+class ClusterLost(RuntimeError):
+    """The cluster lost a configuration beyond its retries; the message names it and what to do."""
+
 
 def placement_here(backend: str, device: torch.device) -> Placement:
     """Where the calling process runs: host, process id, torch threads and, on CUDA, the GPU ids

@@ -11,6 +11,12 @@ files given by --data-dir must be at that path on every node.
 After training, the cost pass is one more task, alone on the cluster, holding a whole GPU when
 runs use GPUs; then the shared-parameter pass is one task per configuration, with the states it
 needs as an argument (the workers cannot read the driver's DIR/states/).
+
+Losing the cluster ends the driver with one line and exit status CLUSTER_LOST_EXIT: a task lost
+beyond its retries (ClusterLost), or the head's GCS not answering for HEAD_GRACE_S (`watch_head`,
+a thread: the driver waiting in `ray.wait` would otherwise be ended by Ray's core worker after
+60 s with a C++ log). Rows are written as configurations finish, so `--resume` on a new cluster
+trains only what is missing.
 """
 
 from __future__ import annotations
@@ -18,6 +24,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
+import socket
+import sys
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +37,14 @@ import torch
 
 from bench import plugins
 from bench.cost import Costs, measure_costs
-from bench.execution import Finished, pin_threads, pinned_task, placement_here
+from bench.execution import (
+    CLUSTER_LOST_EXIT,
+    ClusterLost,
+    Finished,
+    pin_threads,
+    pinned_task,
+    placement_here,
+)
 from bench.results import Measurements, Placement
 from bench.runner import RunResult
 from bench.shared import SharedJob, States, measure_shared
@@ -39,6 +57,12 @@ EXCLUDES = [".venv", ".git", "results", ".benchmarks", ".pytest_cache", ".ruff_c
 MAX_RETRIES = 2  # a task whose worker process died is run again (its rows are not yet written)
 BACKEND = "ray"
 LOOPBACK = "127.0.0.1"
+# Ray's switch between a single-machine instance and a cluster (named for Windows and macOS, where
+# single-machine is the default): "0" keeps every Ray process on the loopback address. Read when
+# ray is first imported, and inherited by the processes it starts.
+SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+HEAD_GRACE_S = 15.0  # the head silent this long is lost (Ray's own limit: 60 s)
+HEAD_POLL_S = 1.0
 
 
 class ClusterError(Exception):
@@ -113,6 +137,10 @@ def connect(address: str | None, num_cpus: int) -> dict[str, Any]:
     """ray.init: the cluster at `address` ('auto' or HOST:PORT), else a new local instance with
     `num_cpus` CPUs; the project travels as the job's working_dir. Returns the cluster's
     resources."""
+    if address is None:
+        # Ray replaces a loopback node address by the machine's address (so that other nodes can
+        # join) unless clusters are off; a local instance has no other nodes: loopback only.
+        os.environ[SINGLE_MACHINE] = "0"
     import ray
 
     runtime_env = {"working_dir": str(PROJECT), "excludes": EXCLUDES}
@@ -128,6 +156,61 @@ def connect(address: str | None, num_cpus: int) -> dict[str, Any]:
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise ClusterError(f"cannot connect to the Ray cluster at {address}: {err}") from err
     return ray.cluster_resources()
+
+
+def watch_head(out: Path) -> None:
+    """Start a daemon thread that ends the process (exit CLUSTER_LOST_EXIT, one line on stderr)
+    once the head's GCS has refused connections for HEAD_GRACE_S: the rows written to `out` so
+    far are whole (each configuration is one synced write), and --resume finishes the rest."""
+    import ray
+
+    host, port = ray.get_runtime_context().gcs_address.rsplit(":", 1)
+
+    def answers() -> bool:
+        try:
+            with socket.create_connection((host, int(port)), timeout=HEAD_POLL_S):
+                return True
+        except OSError:
+            return False
+
+    def watch() -> None:
+        silent_since = None
+        while True:
+            time.sleep(HEAD_POLL_S)
+            if answers():
+                silent_since = None
+                continue
+            silent_since = silent_since or time.monotonic()
+            if time.monotonic() - silent_since >= HEAD_GRACE_S:
+                print(
+                    f"\nerror: the Ray head at {host}:{port} has not answered for "
+                    f"{HEAD_GRACE_S:g} s; the configurations finished so far are in "
+                    f"{out / 'runs.csv'}: start a cluster and rerun the command with --resume",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                os._exit(CLUSTER_LOST_EXIT)
+
+    threading.Thread(target=watch, name="ray-head-watch", daemon=True).start()
+
+
+def result_of(ref: Any, config: RunConfig | None) -> Any:
+    """ray.get(ref); a task the cluster lost beyond its retries (a dead worker or node, lost
+    objects: any RayError but the task's own exception) raises ClusterLost naming it."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError:
+        raise  # the task itself raised: an error in the code, not in the cluster
+    except ray.exceptions.RayError as err:
+        what = config.label() if config is not None else "the cost pass"
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ClusterLost(
+            f"{what} was lost on the Ray cluster after {MAX_RETRIES} retries "
+            f"({type(err).__name__}: {reason}); the configurations finished so far are kept: "
+            "rerun the command with --resume"
+        ) from err
 
 
 def check_resources(cpus: int, gpus: float) -> None:
@@ -179,7 +262,7 @@ class RayBackend:
                     in_flight[task.remote(config, *self.args)] = config
                 done, _ = ray.wait(list(in_flight), num_returns=1)
                 config = in_flight.pop(done[0])
-                yield Finished(config, *ray.get(done[0]))
+                yield Finished(config, *result_of(done[0], config))
         finally:
             for ref in in_flight:
                 ray.cancel(ref, force=True)
@@ -189,7 +272,7 @@ class RayBackend:
 
         gpus = math.ceil(self.gpus)  # a whole card: nothing else may share it while timing
         task = ray.remote(num_cpus=self.threads, num_gpus=gpus, max_retries=MAX_RETRIES)(_cost_task)
-        return ray.get(task.remote(list(configs), *self.args))
+        return result_of(task.remote(list(configs), *self.args), None)
 
     def measure_shared(
         self, jobs: Sequence[SharedJob]
@@ -204,7 +287,7 @@ class RayBackend:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 config = pending.pop(done[0])
-                yield (config, *ray.get(done[0]))
+                yield (config, *result_of(done[0], config))
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)

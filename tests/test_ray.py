@@ -1,10 +1,13 @@
 """The Ray backend gives the local rows, on a local Ray instance and on a cluster started with
 `ray start --head` (joined with --address auto); a GPU request no node can meet exits 2 at once,
-losing nothing. Every Ray process a test starts is ended by process group id (some Ray agents
-ignore SIGTERM, so SIGKILL)."""
+losing nothing; a node or the head lost mid-suite. Every Ray process a test starts is ended by
+process group id (some Ray agents ignore SIGTERM, so SIGKILL), and listens on the loopback
+address only (Ray's single-machine switch, bench.ray_backend.SINGLE_MACHINE: without it Ray
+replaces `--node-ip-address 127.0.0.1` by the machine's address and listens on every interface)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
@@ -16,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.execution import CLUSTER_LOST_EXIT
+from bench.ray_backend import HEAD_GRACE_S, SINGLE_MACHINE
 from bench.results import KEY, PLACEMENT_COLUMNS, read_rows
 from tests.conftest import ROOT, RUN, docs_estimator_example, untimed
 
@@ -73,6 +78,58 @@ def start_node(*options: str) -> subprocess.Popen[str]:
     pytest.fail(f"ray start {' '.join(options)} did not start in time")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def loopback_only() -> Iterator[None]:
+    """Every Ray process the module's tests start (they inherit the environment) keeps to the
+    loopback address."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(SINGLE_MACHINE, "0")
+        yield
+
+
+def session_processes(session: int) -> list[int]:
+    """The ids of the processes in `session` (field 6 of /proc/PID/stat)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[3]) == session:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def listening_addresses(session: int) -> set[str]:
+    """The local IP addresses of the TCP sockets listening in `session`'s processes, from
+    /proc/net/tcp and tcp6 (state 0A) matched to the processes' socket inodes."""
+    inodes = set()
+    for pid in session_processes(session):
+        try:
+            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        except OSError:
+            continue
+        inodes |= {link[8:-1] for link in links if link.startswith("socket:[")}
+    addresses = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:
+                addresses.add(hex_address(fields[1].split(":")[0]))
+    return addresses
+
+
+def hex_address(word: str) -> str:
+    """/proc/net/tcp's hex local address (little-endian 32-bit words) as text, an IPv4-mapped
+    IPv6 address as its IPv4 address."""
+    raw = b"".join(bytes.fromhex(word[i : i + 8])[::-1] for i in range(0, len(word), 8))
+    address = ipaddress.ip_address(raw)
+    return str(getattr(address, "ipv4_mapped", None) or address)
+
+
+LOOPBACK = {"127.0.0.1", "::1"}
+
+
 @pytest.fixture(scope="module")
 def head_node() -> Iterator[int]:
     """A one-node cluster of 2 CPUs from `ray start --head --block`, in its own session; yields
@@ -83,6 +140,32 @@ def head_node() -> Iterator[int]:
     finally:
         kill_session(head.pid)
         head.wait()
+
+
+def test_a_head_node_listens_on_the_loopback_address_only(head_node):
+    addresses = listening_addresses(head_node)
+    assert addresses and addresses <= LOOPBACK, addresses
+
+
+def test_a_local_ray_instance_listens_on_the_loopback_address_only(monkeypatch):
+    """bench.ray_backend.connect's local instance, in a driver of its own session, without the
+    module's setting: connect makes it."""
+    monkeypatch.delenv(SINGLE_MACHINE)
+    script = "from bench.ray_backend import connect; connect(None, 1); print('up', flush=True)"
+    driver = in_own_session(
+        [sys.executable, "-c", f"{script}; import time; time.sleep(600)"], stderr=subprocess.STDOUT
+    )
+    try:
+        for line in driver.stdout:
+            if line.strip() == "up":
+                break
+        else:
+            pytest.fail("the local instance did not start")
+        addresses = listening_addresses(driver.pid)
+    finally:
+        kill_session(driver.pid)
+        driver.wait()
+    assert addresses and addresses <= LOOPBACK, addresses
 
 
 def test_a_local_ray_instance_gives_the_local_rows(tmp_path, uninterrupted):
@@ -157,40 +240,42 @@ def test_a_plugin_outside_the_project_travels_with_the_ray_tasks(tmp_path):
 def test_a_node_lost_mid_suite_leaves_the_suite_to_the_survivor(
     tmp_path, uninterrupted, monkeypatch
 ):
-    """Two nodes of one CPU each; the worker node is killed (its whole process group) once the
-    first configuration has finished, while the others run: its task is retried on the head
-    node, the rows are the local rows, and placements.csv names the node each run finished on.
-    Explicit addresses, not `auto`: the module's other cluster may still be up."""
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # the second node joins with the head's token
-    port = str(free_port())
-    head = start_node("--head", "--num-cpus", "1", "--port", port)
-    worker = None
+    """Two nodes of one CPU each (tests/two_ray_nodes.py); the worker node's processes are ended
+    while it trains a configuration: its task is retried on the head node, the rows are the local
+    rows, and placements.csv names the node each run finished on (with no retries the run ends
+    with ClusterLost's one line instead). An explicit address, not `auto`: the module's other
+    cluster may still be up."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # the driver joins with the cluster's token
+    nodes = subprocess.Popen(
+        [sys.executable, "-m", "tests.two_ray_nodes"],
+        cwd=ROOT,
+        start_new_session=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
-        worker = start_node("--address", f"127.0.0.1:{port}", "--num-cpus", "1")
+        words = nodes.stdout.readline().split()
+        assert words and words[0] == "address", words
         out = tmp_path / "survivor"
         driver = in_own_session(
             [sys.executable, "-m", "bench", *RUN, "--out", str(out), "--backend", "ray"]
-            + ["--address", f"127.0.0.1:{port}"],
+            + ["--address", words[1]],
             stderr=subprocess.PIPE,
         )
         try:
-            deadline = time.monotonic() + 600
-            while not (out / "runs.csv").is_file() or not read_rows(out / "runs.csv"):
-                assert driver.poll() is None, driver.stderr.read()
-                assert time.monotonic() < deadline, "no configuration finished"
-                time.sleep(0.5)
-            finished_before = {row[:KEY] for row in read_rows(out / "runs.csv")}
-            kill_session(worker.pid)
-            worker.wait()
+            nodes.stdin.write("kill-worker\n")  # as soon as the worker node trains a configuration
+            nodes.stdin.flush()
+            assert nodes.stdout.readline().strip() == "killed"
+            runs = out / "runs.csv"
+            finished_before = {row[:KEY] for row in read_rows(runs)} if runs.is_file() else set()
             _, stderr = driver.communicate(timeout=900)
         finally:
             kill_session(driver.pid)
         assert driver.returncode == 0, stderr
     finally:
-        for node in (worker, head):
-            if node is not None:
-                kill_session(node.pid)
-                node.wait()
+        kill_session(nodes.pid)
+        nodes.wait()
     assert untimed(out / "runs.csv") == untimed(uninterrupted / "runs.csv")
     with (out / "placements.csv").open() as handle:
         header, *lines = [line.rstrip("\n").split(",") for line in handle]
@@ -202,3 +287,64 @@ def test_a_node_lost_mid_suite_leaves_the_suite_to_the_survivor(
     assert len(survivor) == 1, survivor  # everything after training ran on the head
     after_the_kill = [host for key, host in node["train"] if key not in finished_before]
     assert after_the_kill and set(after_the_kill) == survivor
+
+
+def test_a_head_lost_mid_suite_ends_the_driver_with_one_line_and_resume_finishes(
+    tmp_path, uninterrupted, monkeypatch
+):
+    """The head (its whole process group: GCS, raylet, workers) is killed once the first
+    configuration has finished: the driver exits CLUSTER_LOST_EXIT within the watch's grace with
+    one line naming the head and --resume, no traceback, the finished rows intact; --resume on a
+    new cluster trains the rest, and the rows are the local rows."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # the driver joins with the head's token
+    out = tmp_path / "headless"
+    first_port = str(free_port())
+    head = start_node("--head", "--num-cpus", "2", "--port", first_port)
+    try:
+        driver = in_own_session(
+            [sys.executable, "-m", "bench", *RUN, "--out", str(out), "--backend", "ray"]
+            + ["--address", f"127.0.0.1:{first_port}"],
+            stderr=subprocess.PIPE,
+        )
+        try:
+            deadline = time.monotonic() + 600
+            while not (out / "runs.csv").is_file() or not read_rows(out / "runs.csv"):
+                assert driver.poll() is None, driver.stderr.read()
+                assert time.monotonic() < deadline, "no configuration finished"
+                time.sleep(0.5)
+            kill_session(head.pid)
+            head.wait()
+            killed = time.monotonic()
+            _, stderr = driver.communicate(timeout=120)
+            waited = time.monotonic() - killed
+        finally:
+            kill_session(driver.pid)
+    finally:
+        kill_session(head.pid)
+    assert driver.returncode == CLUSTER_LOST_EXIT, stderr
+    assert waited < HEAD_GRACE_S + 30, waited  # before Ray's own 60 s
+    assert "Traceback" not in stderr, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and f"127.0.0.1:{first_port}" in last, last
+    assert "--resume" in last, last
+    finished = read_rows(out / "runs.csv")
+    assert finished and len(untimed(out / "runs.csv")) < len(untimed(uninterrupted / "runs.csv"))
+
+    second_port = str(free_port())
+    head = start_node("--head", "--num-cpus", "2", "--port", second_port)
+    try:
+        resumed = run_bench(
+            *RUN,
+            "--out",
+            str(out),
+            "--backend",
+            "ray",
+            "--address",
+            f"127.0.0.1:{second_port}",
+            "--resume",
+        )
+    finally:
+        kill_session(head.pid)
+        head.wait()
+    assert resumed.returncode == 0, resumed.stderr
+    assert untimed(out / "runs.csv") == untimed(uninterrupted / "runs.csv")
