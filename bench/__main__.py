@@ -124,6 +124,12 @@ def build_parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
     run.add_argument("--out", default="results", type=Path, help="output directory")
     run.add_argument("--resume", action="store_true", help="skip configurations already finished")
     run.add_argument("--overwrite", action="store_true", help="discard an existing runs.csv")
+    run.add_argument(
+        "--snapshot-every",
+        default="600",
+        metavar="SECONDS",
+        help="save a running configuration's state this often, for --resume (default 600)",
+    )
     run.add_argument("--data-dir", default=None, help="directory of the MNIST IDX files")
     grid = run.add_argument_group(
         "grid overrides", "replace the suite's values (docs/cli.md: what each one means)"
@@ -582,6 +588,19 @@ def resolve_gpus_per_run(args: argparse.Namespace) -> float:
     return gpus
 
 
+def resolve_snapshot_every(args: argparse.Namespace) -> float:
+    """--snapshot-every: seconds ≥ 0 between a running configuration's snapshots."""
+    try:
+        seconds = float(args.snapshot_every)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise UsageError(
+            f"--snapshot-every {args.snapshot_every!r} is invalid; valid: seconds >= 0 (e.g. 600)"
+        )
+    return seconds
+
+
 def make_backend(
     args: argparse.Namespace,
     data: Dataset,
@@ -594,11 +613,13 @@ def make_backend(
     """The local backend (inline for one worker, else a process pool) or a connected Ray one;
     a Ray cluster that cannot meet one run's request is a UsageError before anything runs."""
     from bench.execution import InlineBackend, PoolBackend
+    from bench.snapshots import Snapshots
 
     if args.backend == "local":
+        snapshots = Snapshots(args.out, device.type, args.snapshot_every)
         if workers == 1:
-            return InlineBackend(data, device, threads, progress)
-        return PoolBackend(data, args.data_dir, device, workers, threads)
+            return InlineBackend(data, device, threads, snapshots, progress)
+        return PoolBackend(data, args.data_dir, device, workers, threads, snapshots)
     try:
         from bench import ray_backend
     except ImportError as err:
@@ -630,9 +651,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.results import ResultsExistError, RunsFile, row_key
     from bench.runner import estimator_facts
     from bench.shared import shared_pass
+    from bench.snapshots import Snapshots
 
     load_plugins(args)
     gpus = resolve_gpus_per_run(args)
+    args.snapshot_every = resolve_snapshot_every(args)
     device = resolve_device(args.device, args.backend, gpus)
     workers, threads = resolve_placement(args, device)
     suite, data = select_suite(args)  # every bad value refused before the directory is made
@@ -661,6 +684,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         backend = make_backend(args, data, device, workers, threads, gpus, progress)
         try:
             runs = RunsFile.open(args.out, kept, fresh=args.overwrite)
+            if not args.resume:
+                Snapshots(args.out, device.type).discard_all()
             runs.record_facts(estimator_facts(c) for c in suite.runs)
             record = environment_record(device, suite.name, args.argv)
             # Each run's torch threads, not the driver's; on Ray, the cluster's resources.

@@ -27,6 +27,7 @@ from bench.cost import Costs, measure_costs
 from bench.results import Measurements, Placement, RunsFile
 from bench.runner import RunResult, StepCallback, run_configuration
 from bench.shared import SharedJob, measure_each
+from bench.snapshots import Snapshots
 from bench.suites import RunConfig
 from vae_core.data import Dataset, load_dataset
 
@@ -105,11 +106,12 @@ def pinned_task(
     device: torch.device,
     threads: int,
     on_step: StepCallback | None = None,
+    snapshots: Snapshots | None = None,
 ) -> RunResult:
     """The task as every backend runs it: threads pinned again first, since a reused worker (or
     the driver) keeps whatever the previous task left."""
     pin_threads(threads)
-    return run_configuration(config, data, device, on_step)
+    return run_configuration(config, data, device, on_step, snapshots)
 
 
 class Backend(Protocol):
@@ -155,21 +157,25 @@ class DriverCosts:
 
 class InlineBackend(DriverCosts):
     """One configuration after another in the driver process (--workers 1), with a progress
-    callback per configuration."""
+    callback per configuration, saving `snapshots` (bench.snapshots)."""
 
     def __init__(
         self,
         data: Dataset,
         device: torch.device,
         threads: int,
+        snapshots: Snapshots,
         progress: Callable[[RunConfig], StepCallback] | None = None,
     ) -> None:
         self.data, self.device, self.threads, self.progress = data, device, threads, progress
+        self.snapshots = snapshots
 
     def run(self, configs: Sequence[RunConfig]) -> Iterator[Finished]:
         for config in configs:
             on_step = self.progress(config) if self.progress else None
-            result = pinned_task(config, self.data, self.device, self.threads, on_step)
+            result = pinned_task(
+                config, self.data, self.device, self.threads, on_step, self.snapshots
+            )
             yield Finished(config, result, placement_here(self.backend, self.device))
 
 
@@ -183,6 +189,7 @@ def _init_worker(
     device: str,
     threads: int,
     loaded: tuple[plugins.Plugin, ...],
+    snapshots: Snapshots,
 ) -> None:
     pin_threads(threads)
     plugins.install(loaded)
@@ -190,12 +197,15 @@ def _init_worker(
         data=load_dataset(dataset, data_dir=data_dir),
         device=torch.device(device),
         threads=threads,
+        snapshots=snapshots,
     )
 
 
 def _worker_task(config: RunConfig) -> tuple[RunResult, Placement]:
     device = _WORKER["device"]
-    result = pinned_task(config, _WORKER["data"], device, _WORKER["threads"])
+    result = pinned_task(
+        config, _WORKER["data"], device, _WORKER["threads"], snapshots=_WORKER["snapshots"]
+    )
     return result, placement_here(PoolBackend.backend, device)
 
 
@@ -211,9 +221,10 @@ class PoolBackend(DriverCosts):
         device: torch.device,
         workers: int,
         threads: int,
+        snapshots: Snapshots,
     ) -> None:
         self.data, self.device, self.threads, self.workers = data, device, threads, workers
-        self.initargs = (data.name, data_dir, device.type, threads, plugins.loaded())
+        self.initargs = (data.name, data_dir, device.type, threads, plugins.loaded(), snapshots)
 
     def run(self, configs: Sequence[RunConfig]) -> Iterator[Finished]:
         if not configs:
@@ -243,4 +254,5 @@ def train(
         runs.save_kept_states(finished.config, device.type, result.states, result.auxiliary_states)
         runs.place(finished.config, device.type, "train", finished.placement)
         runs.append(finished.config, device.type, finished.result.measurements)
+        Snapshots(runs.path.parent, device.type).discard(finished.config)
         yield finished

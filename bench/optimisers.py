@@ -105,6 +105,14 @@ class RunOptimizer:
             part.step()
         self.steps_taken += 1
 
+    def state_dict(self) -> dict:
+        return {"parts": [part.state_dict() for part in self.parts], "steps": self.steps_taken}
+
+    def load_state_dict(self, state: dict) -> None:
+        for part, saved in zip(self.parts, state["parts"], strict=True):
+            part.load_state_dict(saved)
+        self.steps_taken = int(state["steps"])
+
 
 def build_optimizer(
     estimator: torch.nn.Module,

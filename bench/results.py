@@ -264,12 +264,7 @@ class RunsFile:
         """DIR/states/<configuration>.pt: a reference trajectory's model parameters by step;
         DIR/states/auxiliary/<configuration>.pt: a run's auxiliary state by step."""
         folder = self.path.with_name("states")
-        if kind == "auxiliary":
-            folder = folder / "auxiliary"
-        *key, protocol = row_key(config, device)
-        # The default protocol keeps the names written before the protocol existed.
-        digest = "_" + hashlib.sha1(protocol.encode()).hexdigest()[:12] if protocol else ""
-        return folder / ("_".join(key) + digest + ".pt")
+        return state_file(folder / "auxiliary" if kind == "auxiliary" else folder, config, device)
 
     def save_states(
         self, config: RunConfig, device: str, states: dict[int, dict], kind: StateKind = "model"
@@ -324,6 +319,14 @@ class RunsFile:
             handle.write(buffer.getvalue())
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def state_file(folder: Path, config: RunConfig, device: str) -> Path:
+    """folder/<configuration>.pt, named by the configuration's row key (the protocol as a digest;
+    the default protocol keeps the names written before the protocol existed)."""
+    *key, protocol = row_key(config, device)
+    digest = "_" + hashlib.sha1(protocol.encode()).hexdigest()[:12] if protocol else ""
+    return folder / ("_".join(key) + digest + ".pt")
 
 
 def read_rows(path: Path) -> list[tuple[str, ...]]:

@@ -19,7 +19,7 @@ depends on what was measured before.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
 
@@ -28,9 +28,10 @@ import torch
 from bench.optimisers import RunOptimizer, build_optimizer, optimizer_kind
 from bench.plugins import source_of
 from bench.results import COMPLETE, DIVERGED, Measurements
+from bench.snapshots import Snapshots
 from bench.suites import MODELS, RunConfig, is_reference_trajectory
 from bench.timing import Stopwatch
-from vae_core.data import Dataset, iterate_minibatches
+from vae_core.data import Dataset, MinibatchStream
 from vae_core.estimators import REGISTRY, Estimator, EstimatorOutput, make_estimator
 from vae_core.evaluation import distortion_and_rate, elbo_estimate, log_likelihood_estimate
 from vae_core.gradients import gradient_statistics
@@ -173,14 +174,6 @@ class DivergenceMonitor:
         return first
 
 
-def batches(
-    data: torch.Tensor, batch_size: int, generator: torch.Generator
-) -> Iterator[torch.Tensor]:
-    """Dynamically binarised minibatches, epoch after epoch."""
-    while True:
-        yield from iterate_minibatches(data, batch_size, generator)
-
-
 def measurement_generator(config: RunConfig, step: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(1_000_003 * config.seed + step)
 
@@ -239,9 +232,14 @@ def negative_log_likelihood(
 
 
 def run_configuration(
-    config: RunConfig, data: Dataset, device: torch.device, on_step: StepCallback | None = None
+    config: RunConfig,
+    data: Dataset,
+    device: torch.device,
+    on_step: StepCallback | None = None,
+    snapshots: Snapshots | None = None,
 ) -> RunResult:
-    """Train `config` on `data` and return every measurement, in order; writes nothing.
+    """Train `config` on `data` and return every measurement, in order; writes nothing but,
+    given `snapshots`, the run's snapshots (bench.snapshots), from the last of which it starts.
 
     Training runs in segments between the steps where something is read (checkpoints, ELBO-only
     steps, every CHECK_EVERY steps); `train_seconds` sums the segments' synchronised wall time.
@@ -255,7 +253,7 @@ def run_configuration(
         data = dataclasses.replace(data, train=data.train[: config.train_examples])
     data = data.to(device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    stream = batches(data.train, config.batch_size, generator)
+    stream = MinibatchStream(data.train, config.batch_size, generator)
     checkpoints = set(config.checkpoints())
     elbo_only = set(config.elbo_only_checkpoints())
     stops = sorted({*checkpoints, *elbo_only, *range(0, config.steps, CHECK_EVERY), config.steps})
@@ -276,9 +274,34 @@ def run_configuration(
         if step in shared and keeps_auxiliary:
             auxiliary_states[step] = auxiliary_state(estimator)
 
-    keep_state(0)
-    last = measure_checkpoint(estimator, data, config, device, 0)
-    rows: Measurements = [(0, {**last, "train_seconds": 0.0})]
+    def snapshot(step: int) -> dict:
+        return {
+            "step": step,
+            "estimator": estimator.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(),
+            "stream": stream.position(),
+            "rows": rows,
+            "train_seconds": clock.seconds,
+            "states": states,
+            "auxiliary_states": auxiliary_states,
+        }
+
+    saved = snapshots.load(config) if snapshots is not None else None
+    if saved is None:
+        keep_state(0)
+        first = measure_checkpoint(estimator, data, config, device, 0)
+        rows: Measurements = [(0, {**first, "train_seconds": 0.0})]
+    else:
+        estimator.load_state_dict(saved["estimator"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"])
+        stream.restore(saved["stream"])
+        rows, clock.seconds = saved["rows"], saved["train_seconds"]
+        states, auxiliary_states = saved["states"], saved["auxiliary_states"]
+        monitor.checked = saved["step"]
+        stops = [stop for stop in stops if stop >= saved["step"]]
+    timer = snapshots.timer() if snapshots is not None else None
     for previous, stop in pairwise(stops):
         with clock:
             for step in range(previous + 1, stop + 1):
@@ -299,6 +322,9 @@ def run_configuration(
         elif stop in elbo_only:
             elbo = test_elbo(estimator, data, config, device, stop)
             rows.append((stop, {"elbo_test": elbo, "train_seconds": clock.seconds}))
+        if timer is not None and timer.due() and stop < config.steps:
+            snapshots.save(config, snapshot(stop))
+            timer.reset()
 
     final = {
         "nll_test": negative_log_likelihood(estimator, data, config, device),

@@ -61,7 +61,6 @@ from bench.results import (
 )
 from bench.runner import (
     States,
-    batches,
     bias_reference,
     build_estimator,
     grad_method,
@@ -69,7 +68,7 @@ from bench.runner import (
     load_auxiliary_state,
 )
 from bench.suites import MODELS, RunConfig
-from vae_core.data import Dataset
+from vae_core.data import Dataset, MinibatchStream
 from vae_core.estimators import REGISTRY, Estimator, adapt_auxiliary_state, make_estimator
 from vae_core.gradients import gradient_statistics
 from vae_core.models import build_model
@@ -119,7 +118,7 @@ def adapt_auxiliary(
     """`shared_adapt_steps` training steps of the estimator's auxiliary state on training
     minibatches (`adapt_auxiliary_state`, the run's learning rate) at the frozen model
     parameters."""
-    stream = batches(data.train, config.batch_size, generator)
+    stream = MinibatchStream(data.train, config.batch_size, generator)
     minibatches = (next(stream) for _ in range(config.shared_adapt_steps))
     adapt_auxiliary_state(estimator, minibatches, config.learning_rate, generator)
 

@@ -18,7 +18,6 @@ from bench.grid import Overrides, apply_overrides, parse_seeds
 from bench.optimisers import make_optimizer, optimizer_kind
 from bench.results import COLUMNS, FACT_COLUMNS, KEY, METRIC, STEP, VALUE, read_rows
 from bench.runner import (
-    batches,
     bias_reference,
     build_estimator,
     run_configuration,
@@ -26,7 +25,7 @@ from bench.runner import (
 )
 from bench.suites import RunConfig, get_suite
 from tests.conftest import RUN, TIMING_METRICS
-from vae_core.data import load_dataset
+from vae_core.data import MinibatchStream, load_dataset
 from vae_core.estimators import REGISTRY, EstimatorOutput
 from vae_core.estimators.pathwise import Reparam
 
@@ -320,7 +319,7 @@ def test_fused_adam_takes_the_steps_of_default_adam(estimator):
         trained = build_estimator(config, data.dim, torch.device("cpu"))
         optimizer = make_optimizer(trained.parameters(), config.learning_rate, kind)
         generator = torch.Generator().manual_seed(0)
-        stream = batches(data.train, config.batch_size, generator)
+        stream = MinibatchStream(data.train, config.batch_size, generator)
         for _ in range(10):
             train_step(trained, optimizer, next(stream), generator)
         parameters[kind] = torch.nn.utils.parameters_to_vector(trained.parameters()).detach()
@@ -355,6 +354,10 @@ def test_unknown_optimizer_is_refused():
         *(
             (["--seeds", bad], f"--seeds {bad!r} is invalid; valid: A-B (e.g. 0-4)")
             for bad in ("0", "two", "3-1", "1,1")
+        ),
+        *(
+            (["--snapshot-every", bad], f"--snapshot-every {bad!r} is invalid; valid: seconds >= 0")
+            for bad in ("-1", "soon", "inf", "nan")
         ),
     ],
 )

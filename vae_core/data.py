@@ -2,13 +2,14 @@
 
 ``load_dataset(name)`` returns a :class:`Dataset` with float32 images flattened to rows, a fixed
 train/test split (by ``seed``) and fixed binarisations for evaluation. Training batches are
-binarised afresh each epoch by :func:`iterate_minibatches` (dynamic binarisation).
+binarised afresh each epoch by :class:`MinibatchStream` (dynamic binarisation).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
+import itertools
 import logging
 import math
 import os
@@ -27,6 +28,7 @@ __all__ = [
     "DATASETS",
     "DataError",
     "Dataset",
+    "MinibatchStream",
     "binarize",
     "describe_datasets",
     "iterate_minibatches",
@@ -154,26 +156,51 @@ def binarize(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.bernoulli(x, generator=generator).to(torch.float32)
 
 
+class MinibatchStream:
+    """Dynamically binarised minibatches of ``data``, epoch after epoch, each epoch in a random
+    order; the orders and the binarisation draw from ``generator`` (which must live on its device).
+
+    Every batch has exactly ``batch_size`` rows: an epoch's last partial batch is dropped. Raises
+    ``ValueError`` at once if ``data`` has fewer rows than one batch. `position` and `restore`
+    save and set where the stream is (the epoch's order and the next batch's start); with the
+    generator's state they continue the same sequence of batches.
+    """
+
+    def __init__(self, data: torch.Tensor, batch_size: int, generator: torch.Generator) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if len(data) < batch_size:
+            raise ValueError(f"data has {len(data)} examples, fewer than one batch of {batch_size}")
+        self.data, self.batch_size, self.generator = data, batch_size, generator
+        self.order: torch.Tensor | None = None  # the epoch's order, drawn at its first batch
+        self.start = 0
+
+    def __iter__(self) -> MinibatchStream:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        n = len(self.data)
+        if self.order is None or self.start + self.batch_size > n:
+            order = torch.randperm(n, generator=self.generator, device=self.generator.device)
+            self.order, self.start = order.to(self.data.device), 0
+        rows = self.order[self.start : self.start + self.batch_size]
+        self.start += self.batch_size
+        return binarize(self.data[rows], self.generator)
+
+    def position(self) -> dict[str, torch.Tensor | int | None]:
+        return {"order": None if self.order is None else self.order.cpu(), "start": self.start}
+
+    def restore(self, position: dict[str, torch.Tensor | int | None]) -> None:
+        order = position["order"]
+        self.order = None if order is None else order.to(self.data.device)
+        self.start = int(position["start"])
+
+
 def iterate_minibatches(
     data: torch.Tensor, batch_size: int, generator: torch.Generator
 ) -> Iterator[torch.Tensor]:
-    """One epoch of dynamically binarised batches in a random order drawn from ``generator``.
-
-    Every batch has exactly ``batch_size`` rows: the last partial batch is dropped. Raises
-    ``ValueError`` at once if ``data`` has fewer rows than one batch.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    n = len(data)
-    if n < batch_size:
-        raise ValueError(f"data has {n} examples, fewer than one batch of {batch_size}")
-
-    def epoch() -> Iterator[torch.Tensor]:
-        order = torch.randperm(n, generator=generator, device=generator.device).to(data.device)
-        for start in range(0, n - batch_size + 1, batch_size):
-            yield binarize(data[order[start : start + batch_size]], generator)
-
-    return epoch()
+    """One epoch of `MinibatchStream` (len(data) // batch_size batches)."""
+    return itertools.islice(MinibatchStream(data, batch_size, generator), len(data) // batch_size)
 
 
 # --- data sets split here ---------------------------------------------------------------------
