@@ -574,14 +574,7 @@ def resolve_placement(args: argparse.Namespace, device: torch.device) -> tuple[i
 
 def resolve_gpus_per_run(args: argparse.Namespace) -> float:
     """--gpus-per-run: a number ≥ 0, and only with --backend ray."""
-    try:
-        gpus = float(args.gpus_per_run)
-    except ValueError:
-        gpus = -1.0
-    if not 0 <= gpus < float("inf"):
-        raise UsageError(
-            f"--gpus-per-run {args.gpus_per_run!r} is invalid; valid: a number >= 0 (e.g. 0.25)"
-        )
+    gpus = non_negative(args.gpus_per_run, "--gpus-per-run", "a number >= 0 (e.g. 0.25)")
     if args.backend != "ray" and (gpus or args.address):
         flag = "--gpus-per-run" if gpus else "--address"
         raise UsageError(f"{flag} needs --backend ray (the local backend uses --device)")
@@ -590,15 +583,18 @@ def resolve_gpus_per_run(args: argparse.Namespace) -> float:
 
 def resolve_snapshot_every(args: argparse.Namespace) -> float:
     """--snapshot-every: seconds ≥ 0 between a running configuration's snapshots."""
+    return non_negative(args.snapshot_every, "--snapshot-every", "seconds >= 0 (e.g. 600)")
+
+
+def non_negative(text: str, flag: str, valid: str) -> float:
+    """`text` as a finite number ≥ 0, else a UsageError naming `flag` and what is `valid`."""
     try:
-        seconds = float(args.snapshot_every)
+        value = float(text)
     except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds < float("inf"):
-        raise UsageError(
-            f"--snapshot-every {args.snapshot_every!r} is invalid; valid: seconds >= 0 (e.g. 600)"
-        )
-    return seconds
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise UsageError(f"{flag} {text!r} is invalid; valid: {valid}")
+    return value
 
 
 def make_backend(

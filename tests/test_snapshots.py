@@ -20,23 +20,13 @@ from bench.snapshots import Snapshots
 from bench.suites import RunConfig
 from tests.conftest import ROOT, RUN, TIMING_METRICS
 from tests.conftest import untimed as untimed_rows
+from tests.test_shared import TINY as SHARED_TINY
 from vae_core.data import load_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CPU = torch.device("cpu")
-TINY = dict(
-    dataset="synthetic",
-    steps=120,
-    n_checkpoints=3,
-    grad_draws=10,
-    grad_batch=50,
-    eval_examples=100,
-    nll_samples=10,
-    nll_examples=20,
-    timed_steps=2,
-    bias_draws=20,
-)
+TINY = {**SHARED_TINY, "steps": 120}  # snapshots at the check steps 50 and 100
 # A reference trajectory (keeps model states), an estimator with a learned baseline (keeps
 # auxiliary states at seed 0), a binary-latent one with a running baseline.
 CONFIGS = [
