@@ -240,16 +240,17 @@ class Comparison:
 def effect_interval(
     spec: Metric, a: pd.DataFrame, b: pd.DataFrame, metric: str
 ) -> tuple[float, float, float, str]:
-    """(effect, low, high, method) for `metric` from per-seed frames a, b (index: seed).
+    """(effect, low, high, method) for `metric` from per-seed frames a, b (index: seed; the seeds
+    `seeds_used` keeps).
 
     - The same seeds on both sides, equal to rounding at each (`identical`): no change, an
       interval of width 0. Runs are deterministic given the seed, so two runs of one commit on
       one machine land here whatever their number of seeds.
 
     - A gradient statistic with standard errors: seed means and their pooled standard errors
-      (`stats.pooled_se`, as the summary table pools seeds) over the seeds both ran, else over
-      all; a ratio by `stats.log_ratio_interval`, a difference as Δ ± z √(se_A² + se_B²). The
-      two sides are treated as independent; at a shared seed both draw from generators seeded
+      (`stats.pooled_se`, as the summary table pools seeds); a ratio by
+      `stats.log_ratio_interval`, a difference as Δ ± z √(se_A² + se_B²). The two sides are
+      treated as independent; at a shared seed both draw from generators seeded
       alike, so any correlation is positive and the interval conservative. The standard error
       of a variance is that of one scalar over the R draws, so the correlation between gradient
       coordinates is already inside it.
@@ -264,8 +265,6 @@ def effect_interval(
     if len(shared) == len(a) == len(b) and identical(a[metric], b[metric]):
         return null, null, null, "identical at every seed"
     if spec.se and spec.se in a and spec.se in b and a[spec.se].notna().all():
-        if len(shared):
-            a, b = a.loc[shared], b.loc[shared]
         mean_a, mean_b = a[metric].mean(), b[metric].mean()
         se_a, se_b = pooled_se(a[spec.se]), pooled_se(b[spec.se])
         if spec.effect == "ratio":
@@ -291,6 +290,16 @@ def effect_interval(
             centre, half = float(np.mean(y) - np.mean(x)), np.nan
             method = "one seed: untested"
     return float(back(centre)), float(back(centre - half)), float(back(centre + half)), method
+
+
+def seeds_used(spec: Metric, a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The seeds a comparison uses: those both sides ran when they can be paired (two or more, or
+    one for a gradient statistic with standard errors), else every seed of each side. A's and
+    B's printed means are over these seeds too, so that they agree with the effect."""
+    shared = a.index.intersection(b.index)
+    if len(shared) >= 2 or (len(shared) and spec.se and spec.se in a and spec.se in b):
+        return a.loc[shared], b.loc[shared]
+    return a, b
 
 
 def welch_interval(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -367,8 +376,11 @@ def compare_sets(dir_a: Path, dir_b: Path, metrics: list[str] | None = None) -> 
         for metric in names:
             spec = METRICS[metric]
             columns = [metric] + ([spec.se] if spec.se in side_a and spec.se in side_b else [])
-            x = side_a[columns].dropna(subset=[metric])
-            y = side_b[columns].dropna(subset=[metric])
+            x, y = seeds_used(
+                spec,
+                side_a[columns].dropna(subset=[metric]),
+                side_b[columns].dropna(subset=[metric]),
+            )
             if x.empty or y.empty:
                 continue
             effect, low, high, method = effect_interval(spec, x, y, metric)

@@ -144,6 +144,17 @@ def test_two_runs_of_one_commit_show_no_difference(tmp_path, capsys):
     assert (table["a"] == table["b"]).all() and (table["effect"] == table["low"]).all()
 
 
+def test_a_run_of_fewer_seeds_is_identical_at_the_seeds_it_shares(tmp_path):
+    """A newcomer's `make bench` (seeds 0-2) against the reference (seeds 0-4) of one commit:
+    every metric identical at the three shared seeds, and A's and B's printed means over those
+    seeds, not over all of A's (where A's seeds 3-4 differ, the two means would)."""
+    a = write_results(tmp_path / "a", synthetic_rows(seeds=(0, 1, 2, 3, 4), diverged=None))
+    b = write_results(tmp_path / "b", synthetic_rows(seeds=(0, 1, 2), diverged=None))
+    rows = compare_sets(a, b).rows
+    assert rows and {r.method for r in rows} == {"identical at every seed"}
+    assert all(r.a == r.b and r.seeds == 3 for r in rows)
+
+
 def test_a_noisier_estimator_is_worse_on_grad_var_and_fails_the_rule(tmp_path, capsys):
     """stl's encoder variance × 1.5 at the same standard errors (10% of A's variance per seed,
     two seeds): the log ratio's se is ≈ 0.085, so the interval is ≈ [1.27, 1.77]: above 1.10,
