@@ -164,12 +164,16 @@ def summary_lines(verdicts: list[Verdict], timings: list[str], reference: Path) 
 class Metric:
     """How a metric is compared: `ratio` (B ÷ A) or `diff` (B − A); `better` is "lower",
     "higher" or None (no direction: a detectable change is called `changed`); `se` names the
-    column of its per-seed standard error from the R draws (gradient statistics), if any."""
+    column of its per-seed standard error from the R draws (gradient statistics), if any;
+    `once` marks a metric that the cost pass times once per configuration and copies to every
+    seed (or that carries such a time as a factor): its seeds are not repeats, so it gets no
+    interval, only its effect (`untested`)."""
 
     effect: str
     better: str | None
     se: str | None = None
     timing: bool = False
+    once: bool = False
 
 
 METRICS: dict[str, Metric] = {
@@ -181,8 +185,8 @@ METRICS: dict[str, Metric] = {
     "snr_encoder": Metric("ratio", "higher"),
     "snr_decoder": Metric("ratio", "higher"),
     "train_seconds": Metric("ratio", "lower", timing=True),
-    "grad_seconds": Metric("ratio", "lower", timing=True),
-    "throughput": Metric("ratio", "higher", timing=True),
+    "grad_seconds": Metric("ratio", "lower", timing=True, once=True),
+    "throughput": Metric("ratio", "higher", timing=True, once=True),
     **{
         f"{name}_{part}": metric
         for part in ("encoder", "decoder")
@@ -190,7 +194,7 @@ METRICS: dict[str, Metric] = {
             ("grad_var", Metric("ratio", "lower", f"grad_var_se_{part}")),
             ("grad_bias", Metric("diff", "lower", f"grad_bias_se_{part}")),
             ("grad_mse", Metric("ratio", "lower")),
-            ("work_var", Metric("ratio", "lower", timing=True)),
+            ("work_var", Metric("ratio", "lower", timing=True, once=True)),
         )
     },
 }
@@ -258,7 +262,8 @@ def effect_interval(
       the per-seed differences B − A, or on log B − log A for a ratio (exponentiated).
     - Otherwise, with two seeds or more on each side: Welch's interval for the difference of the
       means (of the logs for a ratio).
-    - Else the interval is NaN (`untested`).
+    - Else, or for a metric timed once per configuration (`Metric.once`), the interval is NaN
+      (`untested`): copies of one timing over seeds would give it a width of 0.
     """
     shared = a.index.intersection(b.index)
     null = NULL[spec.effect]
@@ -277,7 +282,10 @@ def effect_interval(
     back = np.exp if spec.effect == "ratio" else (lambda x: x)
     with np.errstate(divide="ignore", invalid="ignore"):
         x, y = to_scale(a[metric].to_numpy(float)), to_scale(b[metric].to_numpy(float))
-        if len(shared) >= 2:
+        if spec.once:
+            centre, half = float(np.mean(y) - np.mean(x)), np.nan
+            method = "timed once per configuration: untested"
+        elif len(shared) >= 2:
             d = to_scale(b.loc[shared, metric].to_numpy(float)) - to_scale(
                 a.loc[shared, metric].to_numpy(float)
             )

@@ -155,6 +155,19 @@ def test_a_run_of_fewer_seeds_is_identical_at_the_seeds_it_shares(tmp_path):
     assert all(r.a == r.b and r.seeds == 3 for r in rows)
 
 
+def test_a_timing_measured_once_per_configuration_gets_no_interval(tmp_path, capsys):
+    """The cost pass times each configuration once and copies the time to every seed: 1.2× that
+    time on each seed is a ratio of one measurement per side, so untested (a paired t over the
+    copies would give an interval of width 0), and the rule is not crossed beyond an interval."""
+    rows = synthetic_rows(seeds=(0, 1, 2), diverged=None)
+    slower = scaled(rows, "stl", "grad_seconds", {0: 1.2, 1: 1.2, 2: 1.2})
+    a, b = write_results(tmp_path / "a", rows), write_results(tmp_path / "b", slower)
+    changed = [r for r in compare_sets(a, b).rows if r.verdict != "no detectable difference"]
+    assert {(r.metric, r.verdict) for r in changed} == {("grad_seconds", "untested")}
+    assert all(r.effect == pytest.approx(1.2) and np.isnan(r.low) for r in changed)
+    assert run_compare(capsys, a, b, "--fail-if", "grad_seconds:ratio>1.1")[0] == 0
+
+
 def test_a_noisier_estimator_is_worse_on_grad_var_and_fails_the_rule(tmp_path, capsys):
     """stl's encoder variance × 1.5 at the same standard errors (10% of A's variance per seed,
     two seeds): the log ratio's se is ≈ 0.085, so the interval is ≈ [1.27, 1.77]: above 1.10,
