@@ -34,13 +34,15 @@ COMPLETE = "shared_complete"
 
 
 def shared_points(results: Results) -> pd.DataFrame:
-    """Per configuration (primary device, non-running) with `shared_complete` and step: ROW,
+    """Per seed-0 configuration (primary device, non-running) with `shared_complete` and step: ROW,
     `step`, and per part G `var_G` = shared_grad_var_G ÷ shared_ref_grad_var_G with its 95%
     interval `var_G_low`, `var_G_high`; `bias_encoder` = shared_grad_bias_encoder ÷
     shared_ref_grad_var_encoder with `bias_encoder_low/high` (NaN for unbiased estimators, and
     bounds NaN where the debiased bias² is ≤ 0). Empty when no configuration has them."""
     runs = results.primary
-    shared = runs[runs["metric"].str.startswith("shared_")]
+    # The shared pass measures seed-0 configurations only; rows of other seeds (a directory
+    # grown by copying, say) would repeat a (row, step) point.
+    shared = runs[runs["metric"].str.startswith("shared_") & (runs["seed"] == 0)]
     done = shared.loc[shared["metric"] == COMPLETE, CONFIG].drop_duplicates()
     columns = ROW + ["step"]
     if done.empty:
