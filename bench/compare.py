@@ -269,7 +269,7 @@ def effect_interval(
     null = NULL[spec.effect]
     if len(shared) == len(a) == len(b) and identical(a[metric], b[metric]):
         return null, null, null, "identical at every seed"
-    if spec.se and spec.se in a and spec.se in b and a[spec.se].notna().all():
+    if has_se(spec, a, b) and a[spec.se].notna().all():
         mean_a, mean_b = a[metric].mean(), b[metric].mean()
         se_a, se_b = pooled_se(a[spec.se]), pooled_se(b[spec.se])
         if spec.effect == "ratio":
@@ -305,9 +305,14 @@ def seeds_used(spec: Metric, a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataF
     one for a gradient statistic with standard errors), else every seed of each side. A's and
     B's printed means are over these seeds too, so that they agree with the effect."""
     shared = a.index.intersection(b.index)
-    if len(shared) >= 2 or (len(shared) and spec.se and spec.se in a and spec.se in b):
+    if len(shared) >= 2 or (len(shared) and has_se(spec, a, b)):
         return a.loc[shared], b.loc[shared]
     return a, b
+
+
+def has_se(spec: Metric, a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    """Whether both sides carry the metric's standard-error column from the R draws."""
+    return bool(spec.se) and spec.se in a and spec.se in b
 
 
 def welch_interval(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

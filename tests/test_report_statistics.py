@@ -152,7 +152,7 @@ def _committed_sections() -> list[tuple[float, np.ndarray, np.ndarray]]:
         logs = np.log(section.to_numpy()) - np.log(best.to_numpy())
         common = np.isfinite(logs).all(axis=1)
         gaps = (means - means.min()).to_numpy()[common]
-        sds = np.nanstd(logs[common], axis=1, ddof=1)
+        sds = np.std(logs[common], axis=1, ddof=1)
         keep = gaps > 0
         sections.append((float(means.min()), gaps[keep], sds[keep]))
     return sections
