@@ -428,12 +428,12 @@ def make_suites() -> dict[str, Suite]:
         ),
         # Not in `default`: the categorical-latent estimators on Jang et al.'s 20 × 10 model and
         # ReinMax's smallest, 4 × 8 (L × C; reinmax12x16 is there for a longer run), settings as
-        # default. Expected time from a profile of one short run per estimator on reinmax4x8
-        # (40 steps, one checkpoint, the NLL on 100 digits; on the loaded 2-core machine): ~1-1.6
-        # min a run for the unbiased ones, ~5 min for the biased ones, whose bias against 1,000
-        # cat_unordered_set draws at each of 9 checkpoints (~30 s each) dominates; ~30 min per
-        # model and seed on one core, so 2 models × 5 seeds ÷ 2 workers ≈ 150 min, plus the cost
-        # pass. Not yet measured whole.
+        # default. Measured on the idle 2-core machine (AMD EPYC, 2 workers) on jang20x10: 37 min
+        # for the 40 unbiased runs, 84 min for the 15 of cat_gumbel, cat_st_gumbel and cat_reinmax
+        # (about 11 min a run per worker, 45 s of it training: their bias against 1,000
+        # cat_unordered_set draws at each of 9 checkpoints dominates). With reinmax4x8 from a
+        # profile of short runs (1-1.6 min a run unbiased, ~5 min biased), ≈ 230 min in all, plus
+        # the cost and shared-parameter passes.
         "categorical": Suite(
             "categorical",
             "categorical-latent estimators (cat_reinforce at 1 evaluation of f; cat_reinforce_loo,"
@@ -441,7 +441,7 @@ def make_suites() -> dict[str, Suite]:
             " cat_gumbel_rao at 1, with their bias) on the 20 x 10 and 4 x 8 models (L x C),"
             f" mnist5k, {COMPARISON_SEEDS} seeds, 3000 steps",
             grid(("mnist5k",), ("jang20x10", "reinmax4x8"), REFERENCE_SEEDS),
-            expected_cpu_minutes=160.0,
+            expected_cpu_minutes=230.0,
         ),
         # The paper protocols (PAPER_PROTOCOLS, docs/protocols.md). Expected times from the
         # per-step costs in docs/protocols.md (one thread, the loaded 2-core machine).
