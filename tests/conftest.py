@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -26,15 +25,6 @@ RUN = ["run", "--suite", "quick", "--device", "cpu", "--estimators", "reparam,st
 
 
 DOCS_ESTIMATORS = ROOT / "docs" / "estimators.md"
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist, each of the N worker processes takes 1/N of the cores for torch's
-    intra-op threads (torch's default is every core in each process: N × cores threads fight
-    over the cores). Processes the tests start set their own (`--cpus-per-run`)."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:
-        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
 
 
 def docs_estimator_example() -> str:
