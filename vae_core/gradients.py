@@ -284,7 +284,8 @@ class BiasAccumulator:
             bᵀΣ_h b ≈ d_cᵀ S_c d_c − tr(Σ_g Σ_h)/R − tr Σ_h²/n_c       (chunk c, c ≥ 2)
 
         where d_c = ḡ − (mean of the n_c reference draws before chunk c) is independent of chunk
-        c's scatter S_c; the chunks' estimates are averaged with weights n_c². Since F ≥ 0, the
+        c's scatter S_c; the chunks' estimates are averaged with weights n_c². S_g and ḡ share
+        draws, so the ĝ side is unbiased up to third-moment terms of order 1/R². Since F ≥ 0, the
         estimate is max(F̂, 0) (the positive part, closer to F than F̂ for every draw); the
         variance is never below the second-order terms, so the SE is > 0 whenever the draws vary.
         Where b ≈ 0 the positive part makes the SE conservative, by the mean of F̂'s positive
