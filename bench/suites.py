@@ -371,7 +371,7 @@ def make_suites() -> dict[str, Suite]:
             "every single-sample (ELBO) estimator and KL mode on mnist5k, 3 seeds, 3000 steps"
             " (75 epochs)",
             grid(("mnist5k",), ("mlp500",), (0, 1, 2), sweeping=False),
-            expected_cpu_minutes=20.0,
+            expected_cpu_minutes=19.0,
         ),
         "full": Suite(
             "full",
