@@ -361,7 +361,7 @@ def make_suites() -> dict[str, Suite]:
                 nll_samples=50,
                 nll_examples=200,
                 timed_steps=5,
-                bias_draws=40,  # in two chunks of 20 (bench: 1,000 in 40)
+                bias_draws=40,  # in two chunks of 20 (the other suites: 1,000 in 40 chunks)
                 shared_adapt_steps=10,
             ),
             expected_cpu_minutes=2.0,
