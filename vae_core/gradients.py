@@ -112,9 +112,12 @@ def _draws_loop(
     group's (R, P_group) buffer (parameters in `groups`' order, as the vmap path concatenates
     them; no per-parameter stack and concatenation: 5% of a default-suite run, measured)."""
     tensors = list(model_parameters(estimator).values())
+    columns: list[tuple[str, int, int]] = []  # each parameter's group and column range in it
     sizes: dict[str, int] = {}
     for name, tensor in zip(groups, tensors, strict=True):
-        sizes[groups[name]] = sizes.get(groups[name], 0) + tensor.numel()
+        start = sizes.get(groups[name], 0)
+        sizes[groups[name]] = start + tensor.numel()
+        columns.append((groups[name], start, sizes[groups[name]]))
     draws = {
         group: tensors[0].new_empty(noise.shape[0], sizes[group])
         for group in PARAMETER_GROUPS
@@ -122,15 +125,12 @@ def _draws_loop(
     }
     for row, eps in enumerate(noise):
         grads = torch.autograd.grad(estimator(x, eps).surrogate, tensors, allow_unused=True)
-        filled = dict.fromkeys(draws, 0)
-        for name, tensor, g in zip(groups, tensors, grads, strict=True):
-            group, start = groups[name], filled[groups[name]]
-            target = draws[group][row, start : start + tensor.numel()]
+        for (group, start, end), g in zip(columns, grads, strict=True):
+            target = draws[group][row, start:end]
             if g is None:
                 target.zero_()
             else:
                 target.copy_(g.reshape(-1))
-            filled[group] = start + tensor.numel()
     return draws
 
 
