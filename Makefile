@@ -53,8 +53,9 @@ $(RAY_STAMP): $(STAMP)
 # Benchmark bodies (tests/benchmarks) run once each as plain tests, untimed. The Ray tests need
 # the extra, so it is installed here: none of them is skipped. On every core (pytest-xdist), a
 # test file to a worker, so that each module's shared set-up (its fixtures, its caches) is made
-# once, the slowest files first (tests/conftest.py's SLOWEST_FIRST). (--dist loadgroup with xdist_group marks would also keep the tests that start processes
-# apart, but pytest-xdist 3.8.0 under pytest 9.2 ignores the marks: measured.)
+# once, the slowest files first (tests/conftest.py's SLOWEST_FIRST). (--dist loadgroup with
+# xdist_group marks would also keep the tests that start processes apart, but pytest-xdist 3.8.0
+# under pytest 9.2 ignores the marks: measured.)
 TEST_WORKERS ?= auto
 test: $(STAMP) $(RAY_STAMP)
 	$(PY) -m pytest -q --benchmark-disable -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
