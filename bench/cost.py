@@ -27,7 +27,7 @@ from bench.results import (
     read_rows,
     row_key,
 )
-from bench.runner import build_estimator, measurement_generator, train_step
+from bench.runner import build_estimator, measurement_generator, train_step, training_mean
 from bench.suites import RunConfig
 from bench.timing import interleaved_medians
 from vae_core.data import Dataset, binarize
@@ -47,7 +47,7 @@ def timed_calls(
     config: RunConfig, data: Dataset, device: torch.device
 ) -> tuple[Callable[[], object], Callable[[], object]]:
     """A whole optimiser step, and one gradient estimate, on a fresh estimator of `config`."""
-    estimator = build_estimator(config, data.dim, device)
+    estimator = build_estimator(config, data.dim, device, training_mean(config, data))
     optimizer = build_optimizer(
         estimator, config.learning_rate, config.optimizer, optimizer_kind(device)
     )

@@ -202,6 +202,13 @@ def valid_runs(runs: list[RunConfig], named: set[str], note: Note) -> tuple[RunC
         except EstimatorError as error:
             refused.setdefault(f"{run.estimator}/{run.kl}/K={run.k}", str(error))
             continue
+        if run.centre_inputs and MODELS[run.model].latent != "bernoulli":
+            refused.setdefault(
+                f"{run.estimator}/{run.kl}/K={run.k}",
+                f"the protocol centres the inputs (x − mean, 2b − 1), defined for binary latents"
+                f" only, and {run.model} has {MODELS[run.model].latent} latents",
+            )
+            continue
         kept[run] = None
     left = {r.estimator for r in kept}
     for estimator in sorted(named - left):

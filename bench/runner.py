@@ -67,11 +67,39 @@ class RunResult:
     auxiliary_states: States = field(default_factory=dict)
 
 
-def build_estimator(config: RunConfig, input_dim: int, device: torch.device) -> Estimator:
+def training_data(config: RunConfig, data: Dataset) -> Dataset:
+    """`data` with the training images the run trains on: the first `train_examples`, or all."""
+    if config.train_examples is None:
+        return data
+    return dataclasses.replace(data, train=data.train[: config.train_examples])
+
+
+def training_mean(config: RunConfig, data: Dataset) -> torch.Tensor:
+    """The per-pixel mean of the training images the run trains on (grey levels: the mean of
+    their dynamic binarisations)."""
+    return training_data(config, data).train.mean(0)
+
+
+def build_estimator(
+    config: RunConfig,
+    input_dim: int,
+    device: torch.device,
+    train_mean: torch.Tensor | None = None,
+) -> Estimator:
     """Model and estimator with parameters initialised from the run's seed (on CPU, then moved,
-    so CPU and GPU runs start from the same parameters)."""
+    so CPU and GPU runs start from the same parameters), then, where the protocol asks, set from
+    `train_mean`, the per-pixel mean of the run's training images (`training_mean`): the
+    decoder's output bias (`output_bias_from_data`) and the binary model's input centring
+    (`centre_inputs`)."""
     torch.manual_seed(config.seed)
     model = build_model(dataclasses.replace(MODELS[config.model], input_dim=input_dim))
+    if config.output_bias_from_data or config.centre_inputs:
+        if train_mean is None:
+            raise ValueError(f"{config.label()}: its protocol needs the training images' mean")
+        if config.output_bias_from_data:
+            model.initialise_output_bias(train_mean.cpu())
+        if config.centre_inputs:
+            model.centre_inputs(train_mean.cpu())
     estimator = make_estimator(
         config.estimator, model, config.kl, config.k, config.beta, dict(config.options)
     )
@@ -244,14 +272,12 @@ def run_configuration(
     Training runs in segments between the steps where something is read (checkpoints, ELBO-only
     steps, every CHECK_EVERY steps); `train_seconds` sums the segments' synchronised wall time.
     """
-    estimator = build_estimator(config, data.dim, device)
+    estimator = build_estimator(config, data.dim, device, training_mean(config, data))
     estimator.model.check_input(data.train[:1].to(device))
     optimizer = build_optimizer(
         estimator, config.learning_rate, config.optimizer, optimizer_kind(device)
     )
-    if config.train_examples is not None:
-        data = dataclasses.replace(data, train=data.train[: config.train_examples])
-    data = data.to(device)
+    data = training_data(config, data).to(device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     stream = MinibatchStream(data.train, config.batch_size, generator)
     checkpoints = set(config.checkpoints())

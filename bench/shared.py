@@ -66,6 +66,8 @@ from bench.runner import (
     grad_method,
     has_auxiliary_state,
     load_auxiliary_state,
+    training_data,
+    training_mean,
 )
 from bench.suites import MODELS, RunConfig
 from vae_core.data import Dataset, MinibatchStream
@@ -140,13 +142,13 @@ def measure_shared(
     """The shared-parameter rows of `config` (module docstring) at each step of `states`,
     starting an estimator's auxiliary state from `auxiliary`, its own run's (required when it
     has one)."""
-    data = data.to(device)
+    data = training_data(config, data).to(device)
     x = data.train_eval_binary[: config.grad_batch]
     method = grad_method(device)
     rows: Measurements = []
     adapts = False
     for step in sorted(states):
-        estimator = build_estimator(config, data.dim, device)
+        estimator = build_estimator(config, data.dim, device, training_mean(config, data))
         estimator.model.load_state_dict(states[step])
         generator = shared_generator(config, step, device)
         adapts = has_auxiliary_state(estimator)

@@ -63,6 +63,12 @@ class RunConfig:
     steps: int = 3000  # 75 epochs of mnist5k's 4,000 training digits at batch 100
     batch_size: int = 100
     train_examples: int | None = None  # train on the first N training images (None: all)
+    # The decoder's output bias starts at the log-odds of the training images' per-pixel mean
+    # (LatentModel.initialise_output_bias), not at torch's default initialisation.
+    output_bias_from_data: bool = False
+    # Binary latents only: the encoder reads x − training mean, the decoder 2b − 1
+    # (BinaryLatentVAE.centre_inputs, the DisARM code's --demean_input).
+    centre_inputs: bool = False
     learning_rate: float = 1e-3  # of the optimiser's main rule
     optimizer: OptimizerConfig = OptimizerConfig()  # default: Adam, torch's defaults, no schedule
     n_checkpoints: int = 8  # log-spaced, plus step 0
@@ -212,7 +218,8 @@ PAPER_PROTOCOLS: dict[str, RunConfig] = {
     # Dong, Mnih & Tucker (2020), §6.1; google-research disarm/binary/
     # experiment_launcher_singlelayer.py: Adam (Keras: ε = 1e-7) at 1e-4 for encoder and
     # decoder, SGD at 1e-2 for the prior logits, batch 50, 10^6 steps, the 100-sample bound on
-    # the 10,000 test digits; dynamic MNIST (dataset.py).
+    # the 10,000 test digits; dynamic MNIST (dataset.py); launched as disarm/README.md does,
+    # with --demean_input --initialize_with_bias (networks.py BinaryNetwork).
     "disarm_paper": RunConfig(
         dataset="mnist",
         model="linear200",
@@ -221,6 +228,8 @@ PAPER_PROTOCOLS: dict[str, RunConfig] = {
         steps=1_000_000,
         batch_size=50,
         train_examples=DISARM_TRAIN,
+        output_bias_from_data=True,
+        centre_inputs=True,
         learning_rate=1e-4,
         optimizer=OptimizerConfig(eps=1e-7, prior=("sgd", 1e-2)),
         nll_samples=100,
@@ -228,7 +237,8 @@ PAPER_PROTOCOLS: dict[str, RunConfig] = {
     ),
     # Burda, Grosse & Salakhutdinov (2016), §5; yburda/iwae experiments.py and optimizers.py:
     # batch 20, Adam β = (0.99, 0.999), ε = 1e-4, 3,280 epochs of 59,600 digits under the
-    # code's schedule from 1e-3, test NLL with k = 5,000 on the 10,000 test digits.
+    # code's schedule from 1e-3, test NLL with k = 5,000 on the 10,000 test digits; the
+    # decoder's output bias from the data (iwae.py random_iwae: get_train_bias_np).
     "iwae_paper": RunConfig(
         dataset="mnist",
         model="iwae1",
@@ -237,6 +247,7 @@ PAPER_PROTOCOLS: dict[str, RunConfig] = {
         steps=3280 * IWAE_STEPS_PER_EPOCH,
         batch_size=20,
         train_examples=IWAE_TRAIN,
+        output_bias_from_data=True,
         learning_rate=1e-3,
         optimizer=OptimizerConfig(
             betas=(0.99, 0.999), eps=1e-4, schedule=burda_code_schedule(IWAE_STEPS_PER_EPOCH)

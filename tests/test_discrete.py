@@ -31,7 +31,7 @@ from vae_core.exact import (
     small_batch,
 )
 from vae_core.gradients import gradient_draws
-from vae_core.models import BernoulliLatentModel, BernoulliVAE, ModelConfig
+from vae_core.models import BernoulliLatentModel, BernoulliVAE, BinaryLatentVAE, ModelConfig
 
 DISCRETE = [name for name, cls in REGISTRY.items() if cls.latent == "bernoulli"]
 UNBIASED = [
@@ -376,3 +376,44 @@ def test_posterior_samples_and_log_likelihood_estimate():
         estimate = log_likelihood_estimate(model, x, n, torch.Generator().manual_seed(16))
     z = ((estimate - log_px).abs() / standard_error).max()
     assert z < bonferroni_threshold(len(x)), z
+
+
+def test_centred_inputs_are_a_reparameterisation_of_the_same_model():
+    """With inputs centred (encoder x − p̄, decoder 2b − 1) the binary VAE is the uncentred one
+    whose first layers absorb the shift: encoder bias c − W p̄, decoder weight 2W and bias
+    c − W 1. Posterior logits, log p(x|b) and log p(b) agree to rounding."""
+    torch.manual_seed(0)
+    config = ModelConfig(input_dim=12, hidden=(), latent_dim=5, latent="bernoulli")
+    centred = BinaryLatentVAE(config).double()
+    mean = torch.rand(12, dtype=torch.float64)
+    centred.centre_inputs(mean)
+    plain = BinaryLatentVAE(config).double()
+    plain.load_state_dict(centred.state_dict())  # the centring is not in the state dict
+    with torch.no_grad():
+        encoder, decoder = plain.encoder[0], plain.decoder[0]
+        encoder.bias.sub_(encoder.weight @ mean)
+        decoder.bias.sub_(decoder.weight.sum(1))
+        decoder.weight.mul_(2)
+    x = (torch.rand(7, 12) < 0.4).double()
+    b = (torch.rand(3, 7, 5) < 0.5).double()
+    same_parameters = BinaryLatentVAE(config).double()
+    same_parameters.load_state_dict(centred.state_dict())
+    assert not torch.allclose(centred.posterior(x)[0], same_parameters.posterior(x)[0])
+    assert not torch.allclose(centred.log_likelihood(x, b), same_parameters.log_likelihood(x, b))
+    torch.testing.assert_close(centred.posterior(x)[0], plain.posterior(x)[0])
+    torch.testing.assert_close(centred.log_likelihood(x, b), plain.log_likelihood(x, b))
+    torch.testing.assert_close(centred.log_prior(b), plain.log_prior(b))
+
+
+def test_output_bias_from_data_starts_the_decoder_at_the_data_marginal():
+    """initialise_output_bias(p̄): with the last layer's weights at 0, p(x_d = 1 | b) is p̄_d
+    clipped to [0.001, 0.999], for every b."""
+    config = ModelConfig(input_dim=4, hidden=(), latent_dim=3, latent="bernoulli")
+    model = BinaryLatentVAE(config).double()
+    mean = torch.tensor([0.0, 0.25, 0.5, 1.0], dtype=torch.float64)
+    model.initialise_output_bias(mean)
+    with torch.no_grad():
+        model.decoder[-1].weight.zero_()
+    b = (torch.rand(6, 3) < 0.5).double()
+    expected = torch.tensor([0.001, 0.25, 0.5, 0.999], dtype=torch.float64)
+    torch.testing.assert_close(torch.sigmoid(model.decoder(b)), expected.expand(6, 4))

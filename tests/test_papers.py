@@ -4,12 +4,15 @@ with a source on every row, and a tiny run of each protocol reaches the report's
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.__main__ import main
+from bench.grid import GridError, suite_of
 from bench.report.papers import (
     format_steps,
     load_protocols,
@@ -17,7 +20,12 @@ from bench.report.papers import (
     parse_protocol,
     setting_differences,
 )
+from bench.runner import build_estimator, training_mean
 from bench.suites import COMPARISON_SEEDS, PAPER_PROTOCOLS, get_suite
+from vae_core.data import load_dataset
+from vae_core.models import data_log_odds
+
+CPU = torch.device("cpu")
 
 DISARM = get_suite("disarm_paper").runs
 IWAE = get_suite("iwae_paper").runs
@@ -34,6 +42,9 @@ def test_disarm_paper_settings_are_the_launchers():
     assert every(DISARM, "steps") == {10**6}  # num_steps = int(1e6)
     assert every(DISARM, "batch_size") == {50}  # batch_size = 50
     assert every(DISARM, "train_examples") == {50_000}  # train[:50000]
+    # disarm/README.md launches with --initialize_with_bias --demean_input (networks.py)
+    assert every(DISARM, "output_bias_from_data") == {True}
+    assert every(DISARM, "centre_inputs") == {True}
     assert every(DISARM, "learning_rate") == {1e-4}  # genmo_lr = infnet_lr = 1e-4 (Adam)
     assert {r.optimizer.algorithm for r in DISARM} == {"adam"}
     assert {r.optimizer.eps for r in DISARM} == {1e-7}  # Keras Adam's default epsilon
@@ -53,6 +64,8 @@ def test_iwae_paper_settings_are_the_codes():
     assert every(IWAE, "model") == {"iwae1"}  # latent 50, hidden [200, 200] each side
     assert every(IWAE, "batch_size") == {20}  # minibatch_size = 20
     assert every(IWAE, "train_examples") == {59_600}  # n_validation = 400
+    assert every(IWAE, "output_bias_from_data") == {True}  # random_iwae(bias=get_train_bias_np())
+    assert every(IWAE, "centre_inputs") == {False}  # the encoder reads x itself
     assert every(IWAE, "steps") == {3280 * 59_600 // 20}  # Σ 3^(i-1) epochs, i = 1..8
     assert every(IWAE, "learning_rate") == {1e-3}  # Adam(learning_rate = 1e-3)
     assert {r.optimizer.betas for r in IWAE} == {(0.99, 0.999)}  # beta_1, beta_2
@@ -70,6 +83,36 @@ def test_iwae_paper_settings_are_the_codes():
         (e, "mc", k) for e in ("reparam", "iwae") for k in (1, 5, 50)
     }
     assert every(IWAE, "seed") == set(range(COMPARISON_SEEDS))
+
+
+def test_disarm_protocol_model_starts_from_its_training_images():
+    """The run's model is centred on, and its output bias set from, the mean of the images it
+    trains on (the first `train_examples`), not of the whole training set; without that mean
+    the build is refused."""
+    data = load_dataset("synthetic")
+    config = dataclasses.replace(
+        PAPER_PROTOCOLS["disarm_paper"],
+        dataset="synthetic",
+        train_examples=100,
+        estimator="disarm",
+        k=2,
+    )
+    model = build_estimator(config, data.dim, CPU, training_mean(config, data)).model
+    mean = data.train[:100].mean(0)
+    assert not torch.allclose(mean, data.train.mean(0))
+    assert model.centred
+    torch.testing.assert_close(model.input_mean, mean)
+    torch.testing.assert_close(model.decoder[-1].bias.detach(), data_log_odds(mean))
+    with pytest.raises(ValueError, match="needs the training images' mean"):
+        build_estimator(config, data.dim, CPU)
+
+
+def test_centred_protocol_refuses_a_gaussian_model():
+    """A TOML suite on the DisARM protocol (inputs centred: binary latents only) that runs a
+    Gaussian-latent estimator is refused, saying why."""
+    table = {"protocol": "disarm_paper", "models": ["mlp500"], "estimators": ["reparam"]}
+    with pytest.raises(GridError, match="binary latents only, and mlp500 has gaussian latents"):
+        suite_of(table, "gaussian", print)
 
 
 @pytest.mark.parametrize("paper", sorted(PAPER_PROTOCOLS))

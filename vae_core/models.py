@@ -121,6 +121,12 @@ def bernoulli_sample(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tenso
     return (uniform < torch.sigmoid(logits)).to(logits.dtype)
 
 
+def data_log_odds(mean: torch.Tensor) -> torch.Tensor:
+    """log(p / (1 − p)) of per-pixel probabilities `mean`, clipped to [0.001, 0.999] first."""
+    p = mean.clamp(0.001, 0.999)
+    return torch.log(p) - torch.log1p(-p)
+
+
 class LatentModel(nn.Module):
     """Interface shared by every latent type: prior p(z), likelihood p(x|z), posterior q(z|x)."""
 
@@ -181,6 +187,13 @@ class LatentModel(nn.Module):
         noise = self.sample_noise((n_samples, *posterior[0].shape), generator)
         z = self.transform(posterior, noise)
         return PosteriorSample(z, self.log_posterior(z, posterior), self.kl_to_prior(*posterior))
+
+    def initialise_output_bias(self, train_mean: torch.Tensor) -> None:
+        """Start the decoder's output bias at the log-odds of the per-pixel training mean p̄,
+        log(p̄ / (1 − p̄)) with p̄ clipped to [0.001, 0.999], so that with small last-layer weights
+        p(x|z) starts near the data's marginal (Burda et al.'s and Dong et al.'s code)."""
+        with torch.no_grad():
+            self.decoder[-1].bias.copy_(data_log_odds(train_mean))
 
     def parameter_group(self, name: str) -> str:
         """'encoder' (φ) or 'decoder' (θ, the whole generative model) for a parameter name."""
@@ -314,7 +327,9 @@ class BernoulliVAE(GaussianLatentModel):
 class BinaryLatentVAE(BernoulliLatentModel):
     """VAE with binary latents (the DisARM set-up, Dong, Mnih & Tucker 2020): q(b|x) an MLP to
     Bernoulli logits, a factorised Bernoulli prior with learned logits (part of θ), and a
-    Bernoulli decoder MLP from b. `hidden=()` is the linear model D→200→D."""
+    Bernoulli decoder MLP from b. `hidden=()` is the linear model D→200→D. After
+    `centre_inputs(p̄)` the encoder reads x − p̄ and the decoder 2b − 1 (the DisARM code's
+    `--demean_input`)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -327,15 +342,26 @@ class BinaryLatentVAE(BernoulliLatentModel):
             [config.latent_dim, *reversed(hidden), config.input_dim], config.activation
         )
         self.prior_logits = nn.Parameter(torch.zeros(config.latent_dim))
+        # Not in the state dict: set from the data whenever the model is built (centre_inputs).
+        self.register_buffer("input_mean", torch.zeros(config.input_dim), persistent=False)
+        self.centred = False
+
+    def centre_inputs(self, train_mean: torch.Tensor) -> None:
+        """Feed the encoder x − p̄ (p̄ the per-pixel training mean) and the decoder 2b − 1 in
+        {−1, 1} instead of x and b. The model family is the same (an affine change of each first
+        layer's input, absorbed by its weights and bias); the gradients' geometry, hence what
+        Adam does with them, is not."""
+        self.input_mean.copy_(train_mean)
+        self.centred = True
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
+        return self.encoder(x - self.input_mean if self.centred else x)
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
         return bernoulli_log_density(z, self.prior_logits)
 
     def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return bernoulli_log_likelihood(x, self.decoder(z))
+        return bernoulli_log_likelihood(x, self.decoder(2 * z - 1 if self.centred else z))
 
     def kl_to_prior(self, logits: torch.Tensor) -> torch.Tensor:
         return analytic_kl_bernoulli(logits, self.prior_logits)
