@@ -67,7 +67,6 @@ from bench.runner import (
     has_auxiliary_state,
     load_auxiliary_state,
     training_data,
-    training_mean,
 )
 from bench.suites import MODELS, RunConfig
 from vae_core.data import Dataset, MinibatchStream
@@ -143,12 +142,13 @@ def measure_shared(
     starting an estimator's auxiliary state from `auxiliary`, its own run's (required when it
     has one)."""
     data = training_data(config, data).to(device)
+    train_mean = data.train.mean(0)
     x = data.train_eval_binary[: config.grad_batch]
     method = grad_method(device)
     rows: Measurements = []
     adapts = False
     for step in sorted(states):
-        estimator = build_estimator(config, data.dim, device, training_mean(config, data))
+        estimator = build_estimator(config, data.dim, device, train_mean)
         estimator.model.load_state_dict(states[step])
         generator = shared_generator(config, step, device)
         adapts = has_auxiliary_state(estimator)
