@@ -820,6 +820,42 @@ def test_environment_line_lists_every_command_when_suites_share_a_directory():
     assert _env_line(latest, "cpu") == (
         "Environment (cpu): CPU X; 1 thread; commit 2222222; suite discrete"
     )
+    resumed = {**latest, "history": [older, latest, latest, older]}
+    assert _env_line(resumed, "cpu").endswith(
+        "suite default (2 threads, commit 111111111111-dirty), "
+        "suite discrete (1 thread, commit 2222222) ×2, "
+        "suite default (2 threads, commit 111111111111-dirty), "
+        "suite discrete (1 thread, commit 2222222)"
+    )
+
+
+def test_a_legend_of_many_sections_fits_the_figure():
+    """Five sections of long labels (as in the shared-parameter plot of the committed results,
+    which cut its outer columns) make the legend's font smaller until it is no wider than the
+    figure; a legend that fits keeps the theme's font."""
+    from matplotlib import rc_context
+    from matplotlib.lines import Line2D
+
+    from bench.report.style import figure, section_legend, theme
+
+    def legend_of(sections: int, label: str):
+        with rc_context(theme()):
+            fig, _ = figure(sections, 1, 1.0)
+            section_legend(
+                fig,
+                {
+                    ("mnist5k", f"model{i}"): [Line2D([], [], label=f"{label}{k}") for k in range(6)]
+                    for i in range(sections)
+                },
+            )
+            fig.canvas.draw()
+            return fig, fig.legends[0]
+
+    fig, legend = legend_of(5, "cat_reinforce_loo β=0.25 K=")
+    box = legend.get_window_extent()
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width
+    _, short = legend_of(2, "e")
+    assert legend.get_texts()[-1].get_fontsize() < short.get_texts()[-1].get_fontsize()
 
 
 @pytest.mark.parametrize("results", ["reported", "extended", "binary"])

@@ -7,6 +7,7 @@ every cell is, and the environment that produced the runs. Every figure is also 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -396,7 +397,7 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]], right: Seque
 def _env_line(env: dict[str, object], device: str) -> str:
     """The machine, and the command(s) that wrote the runs: with a `history` (suites added with
     --resume), every command, oldest first, with its threads and commit, since sections can come
-    from different commands."""
+    from different commands; a command repeated in a row (a suite resumed) once, with its count."""
     parts = []
     name = env.get("device_name") or env.get("cpu")
     if name:
@@ -406,7 +407,11 @@ def _env_line(env: dict[str, object], device: str) -> str:
     history = env.get("history")
     if isinstance(history, list) and history:
         commands = [_command_text(entry) for entry in [*history, env] if isinstance(entry, dict)]
-        parts.append("runs written by, oldest first: " + ", ".join(commands))
+        runs = [(text, len(list(repeats))) for text, repeats in itertools.groupby(commands)]
+        parts.append(
+            "runs written by, oldest first: "
+            + ", ".join(text if n == 1 else f"{text} ×{n}" for text, n in runs)
+        )
     else:
         if env.get("threads"):
             parts.append(_threads_text(env["threads"]))

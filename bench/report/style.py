@@ -245,7 +245,7 @@ def section_legend(fig, sections: dict[tuple[str, str], Sequence], extra: Sequen
     handles = []
     for block in blocks:
         handles += block + [blank() for _ in range(-len(block) % rows)]
-    legend = fig.legend(handles=handles, loc="outside lower center", ncol=len(handles) // rows)
+    legend = _fitted_legend(fig, handles, ncol=len(handles) // rows)
     for text in legend.get_texts():
         if text.get_text() in titles:
             text.set_fontweight("bold")
@@ -265,7 +265,27 @@ def figure_legend(fig, handles: Sequence) -> None:
     longest = max(len(handle.get_label()) for handle in handles)
     fitting = max(int(WIDTH / ((longest + LEGEND_ENTRY_PADDING) * LEGEND_CHARACTER_WIDTH)), 1)
     rows = math.ceil(len(handles) / min(fitting, LEGEND_COLUMNS))
-    fig.legend(handles=handles, loc="outside lower center", ncol=math.ceil(len(handles) / rows))
+    _fitted_legend(fig, handles, ncol=math.ceil(len(handles) / rows))
+
+
+def _fitted_legend(fig, handles: Sequence, ncol: int):
+    """A legend below the panels in `ncol` columns, its font made smaller until it is no wider
+    than the figure (a legend's paddings and markers scale with its font, so its width does too):
+    columns under several sections' titles can outgrow the figure, and the saved image would cut
+    them."""
+    import matplotlib as mpl
+    from matplotlib.font_manager import FontProperties
+
+    size = FontProperties(size=mpl.rcParams["legend.fontsize"]).get_size_in_points()
+    legend = fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=size)
+    for _ in range(3):
+        width = legend.get_window_extent(fig.canvas.get_renderer()).width
+        if width <= fig.bbox.width:
+            break
+        size *= 0.98 * fig.bbox.width / width
+        legend.remove()
+        legend = fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=size)
+    return legend
 
 
 def log_limits(set_limits, values: pd.Series, below: float, above: float) -> tuple[float, float]:
