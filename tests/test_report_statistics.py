@@ -135,16 +135,17 @@ def test_the_best_is_told_apart_at_most_5_percent_of_the_time(rows, seeds):
         assert naive > high
 
 
-def _committed_sections() -> list[tuple[float, np.ndarray, np.ndarray]]:
+ROW = ["dataset", "model", "estimator", "kl", "k", "beta", "device"]
+
+
+def _committed_sections() -> list[tuple[float, np.ndarray, np.ndarray, list[tuple]]]:
     """Per section (data set, model) of the committed results/runs.csv: the best row's mean final
-    test NLL, and per other row its mean gap to the best and the sd over seeds of its paired log
-    differences with the best. Rows with a seed that diverged (or has no final NLL) are left
-    out: their spread is the size of a blow-up, which no number of seeds tames, and the report
-    marks them "too few seeds" where its test lacks the power (test_report.py)."""
+    test NLL, and per other row its mean gap to the best, the sd over seeds of its paired log
+    differences with the best, and its key (ROW). Rows with a seed that diverged (or has no final
+    NLL) are left out: their spread is the size of a blow-up, which no number of seeds tames, and
+    the report marks them "too few seeds" where its test lacks the power (test_report.py)."""
     runs = pd.read_csv(RESULTS / "runs.csv")
-    finals = runs[runs["metric"] == "nll_test"].pivot_table(
-        "value", ["dataset", "model", "estimator", "kl", "k", "beta", "device"], "seed"
-    )
+    finals = runs[runs["metric"] == "nll_test"].pivot_table("value", ROW, "seed")
     sections = []
     for _, section in finals.groupby(level=["dataset", "model", "device"]):
         means = section.mean(axis=1)
@@ -153,21 +154,22 @@ def _committed_sections() -> list[tuple[float, np.ndarray, np.ndarray]]:
         common = np.isfinite(logs).all(axis=1)
         gaps = (means - means.min()).to_numpy()[common]
         sds = np.std(logs[common], axis=1, ddof=1)
+        keys = section.index[common]
         keep = gaps > 0
-        sections.append((float(means.min()), gaps[keep], sds[keep]))
+        sections.append((float(means.min()), gaps[keep], sds[keep], list(keys[keep])))
     return sections
 
 
-def _undetected_rows(seeds: int) -> list[tuple[float, float]]:
+def _undetected_rows(seeds: int) -> list[tuple]:
     """Power by simulation from the committed results: in each section, every row is placed
     max(its gap, 10 nats) behind the best with its own committed seed-to-seed spread (log scale),
-    at `seeds` seeds; the (best, gap) of each row told apart in fewer than POWER of the repeats
-    (less the binomial slack)."""
+    at `seeds` seeds; the key of each row told apart in fewer than POWER of the repeats (less the
+    binomial slack)."""
     rng = np.random.default_rng(7)
     repeats = REPEATS // 8
     low = binomial_region(repeats, POWER)[0]
     missed = []
-    for best, gaps, sds in _committed_sections():
+    for best, gaps, sds, keys in _committed_sections():
         rows = len(gaps) + 1
         gaps = np.maximum(gaps, RELEVANT_GAP)
         means = np.log(best + np.concatenate([[0.0], gaps]))
@@ -176,20 +178,24 @@ def _undetected_rows(seeds: int) -> list[tuple[float, float]]:
         for _ in range(repeats):
             values = np.exp(means[:, None] + spread[:, None] * rng.normal(size=(rows, seeds)))
             detected += compare_with_best(values, 0)[2] <= FAMILY_ALPHA
-        pairs = zip(gaps, detected[1:], strict=True)
-        missed += [(best, gap) for gap, count in pairs if count < low]
+        missed += [key for key, count in zip(keys, detected[1:], strict=True) if count < low]
     return missed
 
 
-def test_the_reference_seeds_tell_a_10_nat_gap_apart_at_the_committed_spreads():
+def test_the_reference_seeds_tell_a_10_nat_gap_apart_or_the_report_says_too_few_seeds():
     """How many seeds the comparison needs, from the spreads measured in the committed results:
     at 3 seeds some row 10 nats (or more) behind its best is told apart in fewer than 80% of
-    the repeats. The reference runs COMPARISON_SEEDS = 5, at which none is. On the committed
-    5-seed spreads the minimum is 4 (3 rows missed at 3 seeds), as it was on the 2-3-seed
-    results of commit 64e2c33 that chose 5: one seed of margin for spreads estimated from
-    few seeds."""
+    the repeats. The reference runs COMPARISON_SEEDS = 5, chosen on the 2-3-seed results of
+    commit 64e2c33 (minimum 4) and enough for every row of the four suites of 4819939. It is not
+    enough where a row's seeds end in different optima: on 4 × 8 with Monte Carlo KL, one of
+    RLOO's five seeds and two of the unordered-set estimator's end 10-16 nats behind the rest.
+    Every row that 5 seeds miss must be one the committed report did not call ≈best: told apart
+    from the best, or marked too few seeds (its own power calculation)."""
     assert _undetected_rows(3)
-    assert not _undetected_rows(COMPARISON_SEEDS)
+    summary = pd.read_csv(RESULTS / "summary.csv").set_index(ROW)
+    for key in _undetected_rows(COMPARISON_SEEDS):
+        row = summary.loc[key]
+        assert row["best_p"] <= FAMILY_ALPHA or row["best_gap"] > RELEVANT_GAP, key
 
 
 def _variance_estimates(rng, sigma2: np.ndarray, shape: tuple, draws: int = 100):
