@@ -19,7 +19,7 @@ import pytest
 
 from bench.__main__ import main
 from bench.report import sweep_plots, write_report
-from bench.report.data import CONFIG, Results, final_values, run_status
+from bench.report.data import CONFIG, Results, final_values, protocol_labels, run_status
 from bench.report.markdown import _env_line, summary_markdown
 from bench.report.plots import PLOTS
 from bench.report.style import Look, palette, section_palette
@@ -829,6 +829,19 @@ def test_environment_line_lists_every_command_when_suites_share_a_directory():
     )
 
 
+def test_protocol_labels_name_only_the_settings_that_differ():
+    plain, six, four = "", "steps=6;n_checkpoints=2", "steps=4;n_checkpoints=2;tau=1"
+    assert protocol_labels([plain, six, four]) == {
+        plain: "default",
+        six: "steps=6;n_checkpoints=2;tau=default",
+        four: "steps=4;n_checkpoints=2;tau=1",
+    }
+    assert protocol_labels([six, "steps=8;n_checkpoints=2"]) == {
+        six: "steps=6",
+        "steps=8;n_checkpoints=2": "steps=8",
+    }
+
+
 def test_a_legend_of_many_sections_fits_the_figure():
     """Five sections of long labels (as in the shared-parameter plot of the committed results,
     which cut its outer columns) make the legend's font smaller until it is no wider than the
@@ -844,7 +857,9 @@ def test_a_legend_of_many_sections_fits_the_figure():
             section_legend(
                 fig,
                 {
-                    ("mnist5k", f"model{i}"): [Line2D([], [], label=f"{label}{k}") for k in range(6)]
+                    ("mnist5k", f"model{i}"): [
+                        Line2D([], [], label=f"{label}{k}") for k in range(6)
+                    ]
                     for i in range(sections)
                 },
             )

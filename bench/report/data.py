@@ -64,15 +64,18 @@ class Results:
 
     def protocols_as_series(self) -> Results:
         """For the plots, which draw a series per (estimator, K, β): in each (dataset, model)
-        section where the protocol varies, the estimator renamed `estimator [protocol]`
-        ('default' for ''), with its facts, so that each protocol is a series of its own and its
-        label says which; the results themselves where no section varies."""
+        section where the protocol varies, the estimator renamed `estimator [settings]` (the
+        settings in which the section's protocols differ, `protocol_labels`), with its facts, so
+        that each protocol is a series of its own and its label says which; the results
+        themselves where no section varies."""
         varies = self.runs.groupby(GROUP)["protocol"].transform("nunique") > 1
         if not varies.any():
             return self
         runs = self.runs.copy()
-        renamed = runs.loc[varies, "estimator"] + " [" + runs.loc[varies, "protocol"] + "]"
-        runs.loc[varies, "estimator"] = renamed.str.replace(" []", " [default]", regex=False)
+        for _, section in runs[varies].groupby(GROUP):
+            labels = protocol_labels(section["protocol"].unique())
+            tags = section["protocol"].map(labels)
+            runs.loc[section.index, "estimator"] = section["estimator"] + " [" + tags + "]"
         names = runs.loc[varies, ["estimator", "k"]].drop_duplicates()
         original = self.runs.loc[names.index, "estimator"]
         added = self.facts.loc[list(zip(original, names["k"], strict=True))]
@@ -91,6 +94,31 @@ class Results:
     def any_fact(self, estimator: str, name: str) -> object:
         """A fact that does not depend on K (objective, latent, references)."""
         return self.facts.loc[estimator, name].iloc[0]
+
+
+def parse_protocol(text: str) -> dict[str, str]:
+    """A protocol key (`name=value;...`, bench.suites.RunConfig.protocol) as a dict; the values
+    hold no `;` (tuples are written `(a,b)`)."""
+    pairs = (part.partition("=") for part in text.split(";") if part)
+    return {name: value for name, _, value in pairs}
+
+
+def protocol_labels(protocols: Iterable[str]) -> dict[str, str]:
+    """A short label per protocol key of one section: only the settings in which they differ,
+    `name=value` (`name=default` where a protocol leaves it at RunConfig's default), or
+    'default' for a protocol that sets none of them. The whole keys are in summary.md."""
+    parsed = {text: parse_protocol(text) for text in protocols}
+    names = list(dict.fromkeys(name for settings in parsed.values() for name in settings))
+    differing = [
+        name for name in names if len({settings.get(name) for settings in parsed.values()}) > 1
+    ]
+    labels = {}
+    for text, settings in parsed.items():
+        if not any(name in settings for name in differing):
+            labels[text] = "default"
+        else:
+            labels[text] = ";".join(f"{n}={settings.get(n, 'default')}" for n in differing)
+    return labels
 
 
 def format_beta(beta: float) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.report.data import CONFIG, Results
+from bench.report.data import CONFIG, Results, parse_protocol
 from bench.report.stats import t_interval
 from bench.report.style import figure, save, symlog_x
 
@@ -87,13 +87,6 @@ def load_published() -> pd.DataFrame:
     frame["k"] = frame["k"].astype(int)
     frame["value"] = frame["value"].astype(float)
     return frame
-
-
-def parse_protocol(text: str) -> dict[str, str]:
-    """A protocol key (`name=value;...`, bench.suites.RunConfig.protocol) as a dict; the values
-    hold no `;` (tuples are written `(a,b)`)."""
-    pairs = (part.partition("=") for part in text.split(";") if part)
-    return {name: value for name, _, value in pairs}
 
 
 def format_steps(steps: int) -> str:
