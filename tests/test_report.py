@@ -873,6 +873,37 @@ def test_a_legend_of_many_sections_fits_the_figure():
     assert legend.get_texts()[-1].get_fontsize() < short.get_texts()[-1].get_fontsize()
 
 
+def test_a_legend_of_more_sections_than_columns_gives_each_its_own_column():
+    """Six sections (the committed results' five models on mnist5k and the disarm_paper protocol's
+    linear model on full MNIST) in a legend of at most LEGEND_COLUMNS = 5 columns: each section
+    still starts a column of its own, under its title, and the legend fits the figure. (The
+    search for the fewest rows once never ended here.)"""
+    from matplotlib import rc_context
+    from matplotlib.lines import Line2D
+
+    from bench.report.style import LEGEND_COLUMNS, figure, section_legend, theme
+
+    lengths = [3, 14, 9, 9, 5, 5]
+    assert len(lengths) > LEGEND_COLUMNS
+    with rc_context(theme()):
+        fig, _ = figure(len(lengths), 1, 1.0)
+        section_legend(
+            fig,
+            {
+                ("mnist", f"model{i}"): [Line2D([], [], label=f"e{i}.{k}") for k in range(n)]
+                for i, n in enumerate(lengths)
+            },
+        )
+        fig.canvas.draw()
+        legend = fig.legends[0]
+    labels = [text.get_text() for text in legend.get_texts()]
+    rows = max(lengths) + 1  # the longest section under its title
+    assert len(labels) == rows * len(lengths)
+    assert labels[::rows] == [f"model{i}" for i in range(len(lengths))]
+    box = legend.get_window_extent()
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width
+
+
 @pytest.mark.parametrize("results", ["reported", "extended", "binary"])
 def test_summary_csv_holds_every_figure_of_the_summary_table(results, request):
     """summary.csv is the table behind summary.md, every column, as written by pandas."""

@@ -252,9 +252,11 @@ def section_legend(fig, sections: dict[tuple[str, str], Sequence], extra: Sequen
 
 
 def _legend_rows(blocks: Sequence[Sequence]) -> int:
-    """The fewest legend rows that fit `blocks`, each starting a column, in LEGEND_COLUMNS."""
+    """The fewest legend rows that fit `blocks`, each starting a column, in LEGEND_COLUMNS; with
+    more blocks than that, one column each (as many rows as the longest block)."""
+    longest = max(len(b) for b in blocks)
     rows = 1
-    while sum(math.ceil(len(b) / rows) for b in blocks) > LEGEND_COLUMNS:
+    while sum(math.ceil(len(b) / rows) for b in blocks) > LEGEND_COLUMNS and rows < longest:
         rows += 1
     return rows
 
