@@ -245,10 +245,7 @@ def section_legend(fig, sections: dict[tuple[str, str], Sequence], extra: Sequen
     handles = []
     for block in blocks:
         handles += block + [blank() for _ in range(-len(block) % rows)]
-    legend = _fitted_legend(fig, handles, ncol=len(handles) // rows)
-    for text in legend.get_texts():
-        if text.get_text() in titles:
-            text.set_fontweight("bold")
+    _fitted_legend(fig, handles, ncol=len(handles) // rows, bold=titles)
 
 
 def _legend_rows(blocks: Sequence[Sequence]) -> int:
@@ -270,23 +267,31 @@ def figure_legend(fig, handles: Sequence) -> None:
     _fitted_legend(fig, handles, ncol=math.ceil(len(handles) / rows))
 
 
-def _fitted_legend(fig, handles: Sequence, ncol: int):
-    """A legend below the panels in `ncol` columns, its font made smaller until it is no wider
-    than the figure (a legend's paddings and markers scale with its font, so its width does too):
-    columns under several sections' titles can outgrow the figure, and the saved image would cut
-    them."""
+def _fitted_legend(fig, handles: Sequence, ncol: int, bold: Sequence[str] = ()):
+    """A legend below the panels in `ncol` columns, the labels in `bold` in bold, its font made
+    smaller until it is no wider than the figure (a legend's paddings and markers scale with its
+    font, so its width does too): columns under several sections' titles can outgrow the figure,
+    and the saved image would cut them. The bold labels are set before measuring, as they are
+    wider."""
     import matplotlib as mpl
     from matplotlib.font_manager import FontProperties
 
+    def legend_at(size: float):
+        legend = fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=size)
+        for text in legend.get_texts():
+            if text.get_text() in bold:
+                text.set_fontweight("bold")
+        return legend
+
     size = FontProperties(size=mpl.rcParams["legend.fontsize"]).get_size_in_points()
-    legend = fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=size)
+    legend = legend_at(size)
     for _ in range(3):
         width = legend.get_window_extent(fig.canvas.get_renderer()).width
         if width <= fig.bbox.width:
             break
         size *= 0.98 * fig.bbox.width / width
         legend.remove()
-        legend = fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=size)
+        legend = legend_at(size)
     return legend
 
 

@@ -84,7 +84,7 @@ def plot_grad_var(runs: pd.DataFrame, look: Look, path: Path) -> Path | None:
                     colour = look.series_colour(r.estimator, r.k, r.beta)
                     ax.plot(c["step"].iloc[-1], c["mean"].iloc[-1], "x", color=colour, ms=9, mew=2)
             ax.set_yscale("log")
-            symlog_x(ax, curves["step"].to_numpy())
+            symlog_x(ax, where(curves, dataset=group[0], model=group[1])["step"].to_numpy())
             ax.set_title(f"{group_title(group)} — KL {kl}")
             ax.set_xlabel("training step (symlog)")
             ax.set_ylabel("enc. gradient variance (nats²)" if j == 0 else "")
