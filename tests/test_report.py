@@ -873,6 +873,29 @@ def test_a_legend_of_many_sections_fits_the_figure():
     assert legend.get_texts()[-1].get_fontsize() < short.get_texts()[-1].get_fontsize()
 
 
+def test_each_gradient_variance_row_spans_its_own_sections_steps(monkeypatch):
+    """A 3,000-step suite beside a 10⁶-step protocol: each (dataset, model) row of the encoder
+    variance plot ends its x axis near its own last step, not the longest run's."""
+    from bench.report import training_plots
+
+    rows = [
+        (dataset, "linear200", "disarm", "mc", 2, 1.0, "cpu", seed, "", step, metric, value)
+        for dataset, last in (("mnist", 1_000_000), ("mnist5k", 3_000))
+        for seed in (0, 1)
+        for step in (0, last // 10, last)
+        for metric, value in (("grad_var_encoder", 100.0 + seed), ("grad_var_se_encoder", 1.0))
+    ]
+    runs = pd.DataFrame(rows, columns=CONFIG + ["step", "metric", "value"])
+    figures = []
+    monkeypatch.setattr(training_plots, "save", lambda fig, path: figures.append(fig) or path)
+    training_plots.plot_grad_var(runs, Look(runs), Path("unused.png"))
+    (fig,) = figures
+    rights = {ax.get_title(): ax.get_xlim()[1] for ax in fig.axes if ax.get_title()}
+    assert rights == pytest.approx(  # symlog_x leaves 15% room past the last step
+        {"mnist / linear200 — KL mc": 1.15e6, "mnist5k / linear200 — KL mc": 3450.0}
+    )
+
+
 def test_a_legend_of_more_sections_than_columns_gives_each_its_own_column():
     """Six sections (the committed results' five models on mnist5k and the disarm_paper protocol's
     linear model on full MNIST) in a legend of at most LEGEND_COLUMNS = 5 columns: each section
