@@ -7,6 +7,7 @@ bench-check compares each size with its own baseline, and the README gives the m
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
 
@@ -27,13 +28,14 @@ def repeated_results(directory: Path, copies: int) -> Path:
         shutil.copy(REFERENCE / name, directory / name)
     rows = read_rows(REFERENCE / "runs.csv")
     seed = COLUMNS.index("seed")
-    with (directory / "runs.csv").open("w") as handle:
-        handle.write(",".join(COLUMNS) + "\n")
+    with (directory / "runs.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")  # quotes a protocol key with a comma
+        writer.writerow(COLUMNS)
         for copy in range(copies):
             for row in rows:
                 cells = list(row)
                 cells[seed] = str(int(cells[seed]) + 100 * copy)
-                handle.write(",".join(cells) + "\n")
+                writer.writerow(cells)
     return directory
 
 
