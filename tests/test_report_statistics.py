@@ -28,6 +28,7 @@ from bench.report.stats import (
     t_interval,
     target_elbo,
 )
+from bench.results import load_runs
 from bench.suites import COMPARISON_SEEDS
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -144,7 +145,7 @@ def _committed_sections() -> list[tuple[float, np.ndarray, np.ndarray, list[tupl
     differences with the best, and its key (ROW). Rows with a seed that diverged (or has no final
     NLL) are left out: their spread is the size of a blow-up, which no number of seeds tames, and
     the report marks them "too few seeds" where its test lacks the power (test_report.py)."""
-    runs = pd.read_csv(RESULTS / "runs.csv", dtype={"protocol": str})
+    runs = load_runs(RESULTS)
     finals = runs[runs["metric"] == "nll_test"].pivot_table("value", ROW, "seed")
     sections = []
     for _, section in finals.groupby(level=["dataset", "model", "device"]):

@@ -7,7 +7,6 @@ bench-check compares each size with its own baseline, and the README gives the m
 
 from __future__ import annotations
 
-import csv
 import shutil
 from pathlib import Path
 
@@ -28,14 +27,12 @@ def repeated_results(directory: Path, copies: int) -> Path:
         shutil.copy(REFERENCE / name, directory / name)
     rows = read_rows(REFERENCE / "runs.csv")
     seed = COLUMNS.index("seed")
-    with (directory / "runs.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")  # quotes a protocol key with a comma
-        writer.writerow(COLUMNS)
-        for copy in range(copies):
-            for row in rows:
-                cells = list(row)
-                cells[seed] = str(int(cells[seed]) + 100 * copy)
-                writer.writerow(cells)
+    grown = [
+        (*row[:seed], str(int(row[seed]) + 100 * copy), *row[seed + 1 :])
+        for copy in range(copies)
+        for row in rows
+    ]
+    RunsFile.open(directory, grown, fresh=False)  # the writer's own CSV (quotes a key's commas)
     return directory
 
 
