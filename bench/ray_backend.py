@@ -12,8 +12,9 @@ After training, the cost pass is one more task, alone on the cluster, holding a 
 runs use GPUs; then the shared-parameter pass is one task per configuration, with the states it
 needs as an argument (the workers cannot read the driver's DIR/states/).
 
-Losing the cluster ends the driver with one line and exit status CLUSTER_LOST_EXIT: a task lost
-beyond its retries (ClusterLost), or the head's GCS not answering for HEAD_GRACE_S (`watch_head`,
+Losing the cluster ends the driver with one line and exit status CLUSTER_LOST_EXIT: a Ray call
+failing for the cluster's sake, such as a task lost beyond its retries or the driver's connection
+to its raylet reset (`cluster_calls`, ClusterLost), or the head's GCS not answering for HEAD_GRACE_S (`watch_head`,
 a thread: the driver waiting in `ray.wait` would otherwise be ended by Ray's core worker after
 60 s with a C++ log). Rows are written as configurations finish, so `--resume` on a new cluster
 trains only what is missing.
@@ -21,6 +22,7 @@ trains only what is missing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -29,7 +31,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -194,22 +196,25 @@ def watch_head(out: Path) -> None:
     threading.Thread(target=watch, name="ray-head-watch", daemon=True).start()
 
 
-def result_of(ref: Any, config: RunConfig | None) -> Any:
-    """ray.get(ref); a task the cluster lost beyond its retries (a dead worker or node, lost
-    objects: any RayError but the task's own exception) raises ClusterLost naming it."""
+@contextlib.contextmanager
+def cluster_calls(what: str, head: str) -> Iterator[None]:
+    """Ray calls made for `what`: a failure of the cluster, not of the task, raises ClusterLost
+    naming `what`, the head and --resume. That is any RayError but the task's own exception (a
+    task lost beyond its retries: a dead worker or node, lost objects), and OSError: Ray's core
+    worker raises IOError when its connection to the node's raylet breaks ("Connection reset by
+    peer" once the head is killed), often before the head watch's grace has passed."""
     import ray
 
     try:
-        return ray.get(ref)
+        yield
     except ray.exceptions.RayTaskError:
         raise  # the task itself raised: an error in the code, not in the cluster
-    except ray.exceptions.RayError as err:
-        what = config.label() if config is not None else "the cost pass"
+    except (ray.exceptions.RayError, OSError) as err:
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ClusterLost(
-            f"{what} was lost on the Ray cluster after {MAX_RETRIES} retries "
-            f"({type(err).__name__}: {reason}); the configurations finished so far are kept: "
-            "rerun the command with --resume"
+            f"{what} was lost on the Ray cluster at {head} ({type(err).__name__}: {reason}; a "
+            f"task whose worker died is retried {MAX_RETRIES} times); the configurations finished "
+            "so far are kept: rerun the command with --resume"
         ) from err
 
 
@@ -242,9 +247,12 @@ class RayBackend:
         workers: int | None,
         cluster: dict[str, float],
     ) -> None:
+        import ray
+
         self.args = (data.name, data_dir, device.type, threads, plugins.loaded())
         self.threads, self.gpus, self.workers = threads, gpus_per_run, workers
         self.cluster = cluster  # the cluster's CPU and GPU count, for env.json
+        self.head = ray.get_runtime_context().gcs_address  # named when the cluster is lost
 
     def run(self, configs: Sequence[RunConfig]) -> Iterator[Finished]:
         import ray
@@ -257,22 +265,25 @@ class RayBackend:
         limit = self.workers or len(waiting)
         try:
             while waiting or in_flight:
-                while waiting and len(in_flight) < limit:
-                    config = waiting.pop(0)
-                    in_flight[task.remote(config, *self.args)] = config
-                done, _ = ray.wait(list(in_flight), num_returns=1)
+                with cluster_calls("training", self.head):
+                    while waiting and len(in_flight) < limit:
+                        config = waiting.pop(0)
+                        in_flight[task.remote(config, *self.args)] = config
+                    done, _ = ray.wait(list(in_flight), num_returns=1)
                 config = in_flight.pop(done[0])
-                yield Finished(config, *result_of(done[0], config))
+                with cluster_calls(config.label(), self.head):
+                    result, placement = ray.get(done[0])
+                yield Finished(config, result, placement)
         finally:
-            for ref in in_flight:
-                ray.cancel(ref, force=True)
+            cancel(in_flight)
 
     def measure_costs(self, configs: Sequence[RunConfig]) -> tuple[Costs, Placement]:
         import ray
 
         gpus = math.ceil(self.gpus)  # a whole card: nothing else may share it while timing
         task = ray.remote(num_cpus=self.threads, num_gpus=gpus, max_retries=MAX_RETRIES)(_cost_task)
-        return result_of(task.remote(list(configs), *self.args), None)
+        with cluster_calls("the cost pass", self.head):
+            return ray.get(task.remote(list(configs), *self.args))
 
     def measure_shared(
         self, jobs: Sequence[SharedJob]
@@ -282,15 +293,29 @@ class RayBackend:
         task = ray.remote(num_cpus=self.threads, num_gpus=self.gpus, max_retries=MAX_RETRIES)(
             _shared_task
         )
-        pending = {task.remote(*job, *self.args): job[0] for job in jobs}
+        pending: dict[Any, RunConfig] = {}
         try:
+            with cluster_calls("the shared-parameter pass", self.head):
+                pending.update({task.remote(*job, *self.args): job[0] for job in jobs})
             while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
+                with cluster_calls("the shared-parameter pass", self.head):
+                    done, _ = ray.wait(list(pending), num_returns=1)
                 config = pending.pop(done[0])
-                yield (config, *result_of(done[0], config))
+                with cluster_calls(f"{config.label()} (shared-parameter pass)", self.head):
+                    rows, placement = ray.get(done[0])
+                yield config, rows, placement
         finally:
-            for ref in pending:
-                ray.cancel(ref, force=True)
+            cancel(pending)
+
+
+def cancel(refs: Iterable[Any]) -> None:
+    """Cancel tasks still in flight when a suite ends early. On a lost cluster there is nothing
+    left to cancel and Ray's calls fail: ignored, so that ClusterLost stays the error reported."""
+    import ray
+
+    with contextlib.suppress(ray.exceptions.RayError, OSError):
+        for ref in refs:
+            ray.cancel(ref, force=True)
 
 
 def disconnect() -> None:

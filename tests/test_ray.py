@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.execution import CLUSTER_LOST_EXIT
 from bench.ray_backend import HEAD_GRACE_S, SINGLE_MACHINE
@@ -348,3 +349,39 @@ def test_a_head_lost_mid_suite_ends_the_driver_with_one_line_and_resume_finishes
         head.wait()
     assert resumed.returncode == 0, resumed.stderr
     assert untimed(out / "runs.csv") == untimed(uninterrupted / "runs.csv")
+
+
+def test_a_connection_reset_by_ray_is_the_cluster_lost(monkeypatch):
+    """Killing the head can make Ray's core worker raise IOError ("Connection reset by peer": its
+    raylet is gone) in the driver's next Ray call, before the head watch's grace has passed: that
+    is ClusterLost naming the head and --resume (exit CLUSTER_LOST_EXIT), not a file system fault
+    (exit 3); the task's own exception still passes through unchanged."""
+    ray = pytest.importorskip("ray")
+    from types import SimpleNamespace
+
+    from bench.execution import ClusterLost
+    from bench.ray_backend import RayBackend, cluster_calls
+    from bench.suites import get_suite
+
+    def reset(*args, **kwargs):
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    head = "127.0.0.1:6379"
+    context = SimpleNamespace(gcs_address=head)
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: context)
+    monkeypatch.setattr(
+        ray, "remote", lambda **options: lambda f: SimpleNamespace(remote=lambda *a: object())
+    )
+    monkeypatch.setattr(ray, "wait", reset)
+    monkeypatch.setattr(ray, "cancel", reset)  # the lost cluster cannot cancel either
+    backend = RayBackend(
+        SimpleNamespace(name="mnist5k"), None, torch.device("cpu"), 1, 0.0, 2, {"CPU": 2.0}
+    )
+    with pytest.raises(ClusterLost) as lost:
+        next(backend.run(get_suite("quick").runs))
+    assert head in str(lost.value) and "--resume" in str(lost.value), lost.value
+    assert "Connection reset by peer" in str(lost.value), lost.value
+
+    own = ray.exceptions.RayTaskError("f", "Traceback ...", ValueError("the task's own"))
+    with pytest.raises(ray.exceptions.RayTaskError), cluster_calls("a run", head):
+        raise own
