@@ -14,10 +14,10 @@ needs as an argument (the workers cannot read the driver's DIR/states/).
 
 Losing the cluster ends the driver with one line and exit status CLUSTER_LOST_EXIT: a Ray call
 failing for the cluster's sake, such as a task lost beyond its retries or the driver's connection
-to its raylet reset (`cluster_calls`, ClusterLost), or the head's GCS not answering for HEAD_GRACE_S (`watch_head`,
-a thread: the driver waiting in `ray.wait` would otherwise be ended by Ray's core worker after
-60 s with a C++ log). Rows are written as configurations finish, so `--resume` on a new cluster
-trains only what is missing.
+to its raylet reset (`cluster_calls`, ClusterLost), or the head's GCS not answering for
+HEAD_GRACE_S (`watch_head`, a thread: the driver waiting in `ray.wait` would otherwise be ended
+by Ray's core worker after 60 s with a C++ log). Rows are written as configurations finish, so
+`--resume` on a new cluster trains only what is missing.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -260,22 +260,13 @@ class RayBackend:
         task = ray.remote(num_cpus=self.threads, num_gpus=self.gpus, max_retries=MAX_RETRIES)(
             _train_task
         )
-        waiting = list(configs)
-        in_flight: dict[Any, RunConfig] = {}
-        limit = self.workers or len(waiting)
-        try:
-            while waiting or in_flight:
-                with cluster_calls("training", self.head):
-                    while waiting and len(in_flight) < limit:
-                        config = waiting.pop(0)
-                        in_flight[task.remote(config, *self.args)] = config
-                    done, _ = ray.wait(list(in_flight), num_returns=1)
-                config = in_flight.pop(done[0])
-                with cluster_calls(config.label(), self.head):
-                    result, placement = ray.get(done[0])
+        submits = [
+            (config, functools.partial(task.remote, config, *self.args)) for config in configs
+        ]
+        limit = self.workers or len(submits)
+        with contextlib.closing(as_finished(submits, limit, "training", self.head)) as finished:
+            for config, (result, placement) in finished:
                 yield Finished(config, result, placement)
-        finally:
-            cancel(in_flight)
 
     def measure_costs(self, configs: Sequence[RunConfig]) -> tuple[Costs, Placement]:
         import ray
@@ -293,19 +284,36 @@ class RayBackend:
         task = ray.remote(num_cpus=self.threads, num_gpus=self.gpus, max_retries=MAX_RETRIES)(
             _shared_task
         )
-        pending: dict[Any, RunConfig] = {}
-        try:
-            with cluster_calls("the shared-parameter pass", self.head):
-                pending.update({task.remote(*job, *self.args): job[0] for job in jobs})
-            while pending:
-                with cluster_calls("the shared-parameter pass", self.head):
-                    done, _ = ray.wait(list(pending), num_returns=1)
-                config = pending.pop(done[0])
-                with cluster_calls(f"{config.label()} (shared-parameter pass)", self.head):
-                    rows, placement = ray.get(done[0])
+        submits = [(job[0], functools.partial(task.remote, *job, *self.args)) for job in jobs]
+        phase = "the shared-parameter pass"
+        with contextlib.closing(as_finished(submits, len(submits), phase, self.head)) as finished:
+            for config, (rows, placement) in finished:
                 yield config, rows, placement
-        finally:
-            cancel(pending)
+
+
+def as_finished(
+    submits: Sequence[tuple[RunConfig, Callable[[], Any]]], limit: int, phase: str, head: str
+) -> Iterator[tuple[RunConfig, Any]]:
+    """Each configuration's task submitted, at most `limit` in flight, and its result yielded as
+    it finishes (cluster_calls: the cluster failing a call is ClusterLost); the tasks still in
+    flight are cancelled when the caller closes it early."""
+    import ray
+
+    waiting = list(submits)
+    in_flight: dict[Any, RunConfig] = {}
+    try:
+        while waiting or in_flight:
+            with cluster_calls(phase, head):
+                while waiting and len(in_flight) < limit:
+                    config, submit = waiting.pop(0)
+                    in_flight[submit()] = config
+                done, _ = ray.wait(list(in_flight), num_returns=1)
+            config = in_flight.pop(done[0])
+            with cluster_calls(f"{config.label()} ({phase})", head):
+                result = ray.get(done[0])
+            yield config, result
+    finally:
+        cancel(in_flight)
 
 
 def cancel(refs: Iterable[Any]) -> None:
