@@ -8,6 +8,7 @@ import dataclasses
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -19,6 +20,7 @@ from bench.report.papers import (
     load_published,
     parse_protocol,
     setting_differences,
+    stopped_early,
 )
 from bench.runner import build_estimator, training_mean
 from bench.suites import COMPARISON_SEEDS, PAPER_PROTOCOLS, get_suite
@@ -158,6 +160,23 @@ def test_setting_differences_name_each_change_and_keep_steps_apart():
     assert (format_steps(10**6), format_steps(9_774_400)) == ("10⁶", "9,774,400")
 
 
+def test_stopped_early_names_only_the_models_whose_runs_stopped_short():
+    """The linear model's runs reached the protocol's 10⁶ steps and the nonlinear model's one seed
+    stopped at 10⁵ (the other at 2·10⁵): the note names the nonlinear model at its fewest steps,
+    not the linear one; with every run finished there is no note."""
+    rows = pd.DataFrame(
+        {
+            "dataset": ["mnist"] * 4,
+            "model": ["linear200", "linear200", "nonlinear200", "nonlinear200"],
+            "steps_reached": [10**6, 10**6, 100_000, 200_000],
+        }
+    )
+    note = stopped_early(rows, 10**6)
+    assert note.startswith("**Stopped early**: mnist / nonlinear200 stopped at 100,000 of 10⁶")
+    assert "mnist / linear200" not in note
+    assert stopped_early(rows[rows["model"] == "linear200"], 10**6) == ""
+
+
 TINY = """
 protocol = "{paper}"
 dataset = "mnist5k"
@@ -196,7 +215,7 @@ def test_tiny_run_of_each_protocol_reaches_the_comparison(
     section = summary[summary.index("## Paper protocols") :]
     steps = format_steps(PAPER_PROTOCOLS[paper].steps)
     assert f"### {paper}" in section
-    assert f"our runs stopped at 3 of {steps} steps" in section
+    assert f"**Stopped early**: mnist5k / {model} stopped at 3 of {steps} steps" in section
     assert "**Settings differ** from the protocol: dataset mnist5k (cited mnist)" in section
     assert "nll_samples 4 (cited " in section
     assert "| ours (nats) | published | ours − published |" in section

@@ -168,6 +168,22 @@ def _number(value: float, half: float = np.nan) -> str:
     return f"{value:.2f}" + (f" ± {half:.2f}" if np.isfinite(half) else "")
 
 
+def stopped_early(rows: pd.DataFrame, steps: int) -> str:
+    """The bold note naming each (data set, model) of a protocol's rows (paper_rows) whose runs
+    stopped before the protocol's `steps`, at the fewest steps any of its runs reached; "" when
+    every run reached them. Per model: one model's runs may be finished and another's not."""
+    short = rows[rows["steps_reached"] < steps]
+    if short.empty:
+        return ""
+    reached = short.groupby(["dataset", "model"], sort=True)["steps_reached"].min()
+    where = "; ".join(f"{data} / {model} stopped at {n:,}" for (data, model), n in reached.items())
+    return (
+        f"**Stopped early**: {where} of {format_steps(steps)} steps (the protocol's); the"
+        " published figures are at the protocol's end, so for those runs the difference says"
+        " nothing about the estimators."
+    )
+
+
 def paper_markdown(results: Results) -> list[str]:
     """The report's section on paper protocols (empty when no run follows one)."""
     protocols = load_protocols()
@@ -186,13 +202,9 @@ def paper_markdown(results: Results) -> list[str]:
     for paper, rows in table.groupby("paper", sort=True):
         cited = protocols[paper]
         lines += [f"### {paper}", "", f"Protocol as cited: {cited.sources['dataset']}.", ""]
-        reached = int(rows["steps_reached"].min())
-        if reached < cited.steps:
-            lines.append(
-                f"**Stopped early**: our runs stopped at {reached:,} of"
-                f" {format_steps(cited.steps)} steps (the protocol's); the published figures are"
-                " at the protocol's end, so the difference says nothing about the estimators."
-            )
+        note = stopped_early(rows, cited.steps)
+        if note:
+            lines.append(note)
         for protocol, group in rows.groupby("protocol", sort=True):
             differences = setting_differences(group["dataset"].iloc[0], protocol, cited)
             if differences:
