@@ -19,6 +19,7 @@ from bench.report.papers import (
     load_protocols,
     load_published,
     parse_protocol,
+    series_colours,
     setting_differences,
     stopped_early,
 )
@@ -234,3 +235,21 @@ def test_tiny_run_of_each_protocol_reaches_the_comparison(
     else:
         assert "No published figure of this protocol is on file" in section
     assert (out / "plots" / f"paper_{paper}.png").stat().st_size > 0
+
+
+def test_series_colours_are_one_per_estimator_kl_and_k_across_protocol_keys():
+    """The nonlinear model stopped early carries steps=100000 in its protocol key; its DisARM is
+    the linear model's DisARM: one colour and one legend entry, not two."""
+    runs = pd.DataFrame(
+        {
+            "estimator": ["disarm", "disarm", "gumbel"],
+            "kl": ["mc", "mc", "analytic"],
+            "k": [2, 2, 1],
+            "protocol": [
+                "paper=disarm_paper",
+                "paper=disarm_paper;steps=100000",
+                "paper=disarm_paper",
+            ],
+        }
+    )
+    assert series_colours(runs) == {("disarm", "mc", 2): "C0", ("gumbel", "analytic", 1): "C1"}

@@ -22,7 +22,7 @@ import pandas as pd
 
 from bench.report.data import CONFIG, Results, parse_protocol
 from bench.report.stats import t_interval
-from bench.report.style import figure, save, symlog_x
+from bench.report.style import figure, figure_legend, save, symlog_x
 
 PUBLISHED_COLUMNS = (
     "protocol",
@@ -234,10 +234,20 @@ def paper_markdown(results: Results) -> list[str]:
     return lines
 
 
+def series_colours(runs: pd.DataFrame) -> dict[tuple[str, str, int], str]:
+    """A colour per (estimator, KL, K) of a protocol's runs, the same in every model's panel and
+    one legend entry each: a model whose runs stopped early carries another protocol key
+    (steps=...), but is the same estimator."""
+    keys = sorted(set(zip(runs["estimator"], runs["kl"], runs["k"], strict=True)))
+    return {key: f"C{index % 10}" for index, key in enumerate(keys)}
+
+
 def paper_plot(results: Results, paper: str, path: Path) -> Path | None:
     """Test ELBO (as −ELBO, nats) against steps for each estimator and K of `paper`'s runs, mean
     over seeds, one panel per model; our final bound as a dot at the last step reached and the
     published figure as a star at the protocol's last step. None when no run follows `paper`."""
+    from matplotlib.lines import Line2D
+
     protocols = load_protocols()
     runs = results.primary
     papers = runs["protocol"].map(lambda text: parse_protocol(text).get("paper", ""))
@@ -249,14 +259,15 @@ def paper_plot(results: Results, paper: str, path: Path) -> Path | None:
     models = sorted(set(runs["model"]))
     fig, axes = figure(1, len(models), 3.2)
     series = ["estimator", "kl", "k", "protocol"]
+    colours = series_colours(runs)
     steps = [protocols[paper].steps]
     for ax, model in zip(axes[0], models, strict=True):
         frame = runs[runs["model"] == model]
-        for index, (key, group) in enumerate(frame.groupby(series, sort=True)):
+        for key, group in frame.groupby(series, sort=True):
             estimator, kl, k, _ = key
-            colour = f"C{index % 10}"
+            colour = colours[(estimator, kl, k)]
             curve = group[group["metric"] == "elbo_test"].groupby("step")["value"].mean()
-            ax.plot(curve.index, -curve.values, color=colour, label=f"{estimator} {kl} K={k}")
+            ax.plot(curve.index, -curve.values, color=colour)
             final = group[group["metric"] == METRIC]
             if len(final):
                 ax.plot(final["step"].max(), final["value"].mean(), "o", color=colour)
@@ -273,5 +284,14 @@ def paper_plot(results: Results, paper: str, path: Path) -> Path | None:
         ax.set_title(f"{paper}: {model}")
         ax.set_xlabel("step")
         ax.set_ylabel("−ELBO (test), nats")
-        ax.legend(fontsize="x-small", title="line −ELBO; ● ours, ★ published bound")
+    handles = [
+        Line2D([], [], color=colour, label=f"{estimator} {kl} K={k}")
+        for (estimator, kl, k), colour in colours.items()
+    ]
+    marker = {"color": "grey", "linestyle": ""}
+    handles += [
+        Line2D([], [], marker="o", label="our final bound", **marker),
+        Line2D([], [], marker="*", markersize=11, label="published bound", **marker),
+    ]
+    figure_legend(fig, handles)
     return save(fig, path)
