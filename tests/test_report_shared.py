@@ -113,3 +113,18 @@ def test_shared_plot_is_drawn_and_skipped_with_a_reason_without_shared_rows(shar
     summary = (plain / "summary.md").read_text()
     assert "plots/shared_variance.png`: skipped: no shared-parameter measurements" in summary
     assert "At shared parameters:" not in summary
+
+
+def test_a_biased_row_not_measured_at_shared_parameters_shows_a_dash(tmp_path):
+    """Gumbel-softmax in a section whose reference has no analytic-KL run is not measured at
+    shared parameters (its seed-0 run has no shared rows): its bias² cell is a dash, as its
+    variance cells are, not "nan (none)" (a bias ≤ 0 says "(none)" only when it was measured)."""
+    rows = synthetic_rows() + binary_rows()
+    measured = [row for row in shared_rows(rows) if row[2] != "gumbel"]
+    out = write_results(tmp_path / "out", rows + measured)
+    write_report(out)
+    summary = (out / "summary.md").read_text()
+    shared = summary.split("At shared parameters:")[1].split("##")[0]  # linear200
+    gumbel = [line for line in shared.splitlines() if line.startswith("| gumbel")]
+    assert gumbel and gumbel[0].rstrip(" |").endswith("—"), gumbel
+    assert "nan" not in summary.lower()

@@ -240,8 +240,9 @@ def _gradient_table(table: pd.DataFrame, vary: Vary) -> Table:
 def _shared_table(table: pd.DataFrame, vary: Vary) -> Table:
     """Encoder variance ÷ the reference's at the reference trajectory's parameters, at its
     first, a middle and its last shared step, with 95% intervals; bias² ÷ the reference's
-    variance at the last step in sections with a biased estimator. Every row has a value where
-    its seed-0 run finished training, diverged or not (the parameters are the reference's)."""
+    variance at the last step in sections with a biased estimator. Every row the shared pass
+    measured has a value where its seed-0 run finished training, diverged or not (the parameters
+    are the reference's); a row it did not measure has dashes."""
     bias = has_bias(table)
     name = _reference_name(table)
     steps = [int(table[f"shared_step_{p}"].dropna().iloc[0]) for p in POSITIONS]
@@ -258,9 +259,10 @@ def _shared_table(table: pd.DataFrame, vary: Vary) -> Table:
         if bias:
             ratio = "shared_bias_encoder_rel_last"
             value = getattr(r, ratio)
-            cell = MISSING if not r.biased else sig(value) if value > 0 else f"{value:.2g} (none)"
+            measured = r.biased and np.isfinite(value)  # not measured: no shared rows
+            cell = MISSING if not measured else sig(value) if value > 0 else f"{value:.2g} (none)"
             low, high = getattr(r, f"{ratio}_low"), getattr(r, f"{ratio}_high")
-            row.append(_with_interval(cell, low, high) if r.biased and value > 0 else cell)
+            row.append(_with_interval(cell, low, high) if measured and value > 0 else cell)
         rows.append(row)
     return keys + header, rows, [False, False] + [True] * (len(keys) + len(header) - 2)
 
