@@ -19,7 +19,7 @@ from bench.report.papers import (
     load_protocols,
     load_published,
     parse_protocol,
-    series_colours,
+    series_keys,
     setting_differences,
     stopped_early,
 )
@@ -237,7 +237,7 @@ def test_tiny_run_of_each_protocol_reaches_the_comparison(
     assert (out / "plots" / f"paper_{paper}.png").stat().st_size > 0
 
 
-def test_series_colours_are_one_per_estimator_kl_and_k_across_protocol_keys():
+def test_series_keys_are_one_per_estimator_kl_and_k_across_protocol_keys():
     """The nonlinear model stopped early carries steps=100000 in its protocol key; its DisARM is
     the linear model's DisARM: one colour and one legend entry, not two."""
     runs = pd.DataFrame(
@@ -252,4 +252,4 @@ def test_series_colours_are_one_per_estimator_kl_and_k_across_protocol_keys():
             ],
         }
     )
-    assert series_colours(runs) == {("disarm", "mc", 2): "C0", ("gumbel", "analytic", 1): "C1"}
+    assert series_keys(runs) == [("disarm", "mc", 2), ("gumbel", "analytic", 1)]

@@ -22,7 +22,7 @@ import pandas as pd
 
 from bench.report.data import CONFIG, Results, parse_protocol
 from bench.report.stats import t_interval
-from bench.report.style import figure, figure_legend, save, symlog_x
+from bench.report.style import Look, figure, figure_legend, save, symlog_x
 
 PUBLISHED_COLUMNS = (
     "protocol",
@@ -234,18 +234,18 @@ def paper_markdown(results: Results) -> list[str]:
     return lines
 
 
-def series_colours(runs: pd.DataFrame) -> dict[tuple[str, str, int], str]:
-    """A colour per (estimator, KL, K) of a protocol's runs, the same in every model's panel and
-    one legend entry each: a model whose runs stopped early carries another protocol key
-    (steps=...), but is the same estimator."""
-    keys = sorted(set(zip(runs["estimator"], runs["kl"], runs["k"], strict=True)))
-    return {key: f"C{index % 10}" for index, key in enumerate(keys)}
+def series_keys(runs: pd.DataFrame) -> list[tuple[str, str, int]]:
+    """The (estimator, KL, K) of a protocol's runs, each once: one legend entry and one colour in
+    every model's panel, although a model whose runs stopped early carries another protocol key
+    (steps=...)."""
+    return sorted(set(zip(runs["estimator"], runs["kl"], runs["k"], strict=True)))
 
 
-def paper_plot(results: Results, paper: str, path: Path) -> Path | None:
+def paper_plot(results: Results, paper: str, look: Look, path: Path) -> Path | None:
     """Test ELBO (as −ELBO, nats) against steps for each estimator and K of `paper`'s runs, mean
-    over seeds, one panel per model; our final bound as a dot at the last step reached and the
-    published figure as a star at the protocol's last step. None when no run follows `paper`."""
+    over seeds, one panel per model, in the report's colours (`look`); our final bound as a dot
+    at the last step reached and the published figure as a star at the protocol's last step.
+    None when no run follows `paper`."""
     from matplotlib.lines import Line2D
 
     protocols = load_protocols()
@@ -259,7 +259,7 @@ def paper_plot(results: Results, paper: str, path: Path) -> Path | None:
     models = sorted(set(runs["model"]))
     fig, axes = figure(1, len(models), 3.2)
     series = ["estimator", "kl", "k", "protocol"]
-    colours = series_colours(runs)
+    colours = {(e, kl, k): look.series_colour(e, k) for e, kl, k in series_keys(runs)}
     steps = [protocols[paper].steps]
     for ax, model in zip(axes[0], models, strict=True):
         frame = runs[runs["model"] == model]

@@ -29,7 +29,7 @@ def write_report(out_dir: Path) -> list[Path]:
         for plot in PLOTS:
             drawn[plot.name] = plot.draw(series, look, plots / f"{plot.name}.png")
         for paper in load_protocols():
-            drawn[f"paper_{paper}"] = paper_plot(results, paper, plots / f"paper_{paper}.png")
+            drawn[f"paper_{paper}"] = paper_plot(results, paper, look, plots / f"paper_{paper}.png")
     for name, written in drawn.items():
         stale = plots / f"{name}.png"
         if written is None and stale.exists():
